@@ -1,0 +1,148 @@
+//! Server settings, their defaults, and the parsing of human-friendly sizes.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::protocol::Protocol;
+
+/// What to do with a receiver that falls more than `--max-pending` bytes behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Close the connection: the receiver can never have a gap in what it sees.
+    Disconnect,
+    /// Skip the receiver ahead to the oldest message still held and count what it missed.
+    Drop,
+}
+
+impl FromStr for SlowConsumerPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disconnect" => Ok(SlowConsumerPolicy::Disconnect),
+            "drop" => Ok(SlowConsumerPolicy::Drop),
+            other => Err(format!(
+                "unknown slow-consumer policy {other:?} (expected disconnect or drop)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SlowConsumerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SlowConsumerPolicy::Disconnect => "disconnect",
+            SlowConsumerPolicy::Drop => "drop",
+        })
+    }
+}
+
+/// Everything `mob serve` can be told. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind; port 0 picks a free port (the real one is printed on start).
+    pub listen: SocketAddr,
+    /// Wire format spoken by every client of this server.
+    pub protocol: Protocol,
+    /// Whether a sender also receives its own messages (the original multi-echo behaviour).
+    pub echo_self: bool,
+    /// Connections beyond this are accepted and closed at once, so the rest keep their service.
+    pub max_connections: usize,
+    /// Largest message a client may send; a larger one is a protocol error for that client.
+    pub max_message: usize,
+    /// Bytes of relayed messages held for receivers that are behind, over all receivers.
+    pub max_pending: usize,
+    /// What happens to a receiver that falls more than `max_pending` behind.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Close a client from which no bytes arrived for this long; `None` never does.
+    pub idle_timeout: Option<Duration>,
+    /// Longest a graceful shutdown waits to deliver what is queued.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            protocol: Protocol::Line,
+            echo_self: true,
+            max_connections: 10_000,
+            max_message: 1 << 20,
+            max_pending: 8 << 20,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            idle_timeout: None,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Parses a byte count: `4096`, `64KiB`, `8MiB`, `1GiB` (binary), `64KB`, `8MB` (decimal),
+/// `64K` / `8M` / `1G` (binary). Case-insensitive, optional space before the unit.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(format!(
+            "invalid size {s:?}: expected a number like 4096, 64KiB or 8MiB"
+        ));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: number too large"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_and_without_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("8 mib"), Ok(8 << 20));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("2KB"), Ok(2000));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+    }
+
+    #[test]
+    fn bad_sizes_are_explained() {
+        assert!(parse_size("").unwrap_err().contains("expected a number"));
+        assert!(parse_size("MiB").unwrap_err().contains("expected a number"));
+        assert!(parse_size("12parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("99999999999GiB")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn policies_parse() {
+        assert_eq!("drop".parse(), Ok(SlowConsumerPolicy::Drop));
+        assert_eq!("disconnect".parse(), Ok(SlowConsumerPolicy::Disconnect));
+        assert!("nope".parse::<SlowConsumerPolicy>().is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! The `mob` command: parses arguments, sets up logging and calls the library.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use mob::config::parse_size;
+use mob::{Protocol, Server, ServerConfig, SlowConsumerPolicy};
+
+#[derive(Parser)]
+#[command(
+    name = "mob",
+    version,
+    about = "A multi-echo server: every message any client sends is relayed to every connected client."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Interactive client: stdin lines go to the server, messages received go to stdout.
+    Chat(ChatArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Wire protocol: raw (byte relay), line (newline-delimited) or frame (8-byte length prefix).
+    #[arg(long, default_value = "line", value_parser = ["raw", "line", "frame"])]
+    protocol: String,
+    /// Do not send a client its own messages.
+    #[arg(long)]
+    no_echo_self: bool,
+    /// Connections beyond this are accepted and closed at once.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_connections: usize,
+    /// Largest message a client may send (e.g. 4096, 64KiB, 1MiB); larger disconnects it.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size, value_name = "BYTES")]
+    max_message: usize,
+    /// Bytes held for receivers that are behind, in total; a receiver further behind is a slow consumer.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size, value_name = "BYTES")]
+    max_pending: usize,
+    /// What to do with a slow consumer: disconnect it, or drop messages it missed.
+    #[arg(long, default_value = "disconnect", value_parser = ["disconnect", "drop"])]
+    slow_consumer: String,
+    /// Close a client from which nothing arrived for this many seconds (off by default).
+    #[arg(long, value_parser = parse_secs, value_name = "SECS")]
+    idle_timeout: Option<Duration>,
+    /// On SIGINT/SIGTERM, longest to spend delivering what is queued.
+    #[arg(long, default_value = "5", value_parser = parse_secs, value_name = "SECS")]
+    shutdown_timeout: Duration,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// Server address.
+    #[arg(default_value = "127.0.0.1:8000")]
+    addr: String,
+    /// Wire protocol the server speaks.
+    #[arg(long, default_value = "line", value_parser = ["line", "frame"])]
+    protocol: String,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("invalid duration {s:?}: expected seconds, like 30 or 0.5"))
+}
+
+fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Chat(args) => protocol(&args.protocol).and_then(|p| mob::chat::run(&args.addr, p)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mob: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn protocol(name: &str) -> anyhow::Result<Protocol> {
+    name.parse::<Protocol>().map_err(anyhow::Error::msg)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServerConfig {
+        listen: args.listen,
+        protocol: protocol(&args.protocol)?,
+        echo_self: !args.no_echo_self,
+        max_connections: args.max_connections,
+        max_message: args.max_message,
+        max_pending: args.max_pending,
+        slow_consumer: args
+            .slow_consumer
+            .parse::<SlowConsumerPolicy>()
+            .map_err(anyhow::Error::msg)?,
+        idle_timeout: args.idle_timeout,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    let mut server = Server::bind(config)?;
+    server.handle_signals()?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {}", server.local_addr())
+        .and_then(|_| stdout.flush())
+        .context("cannot write to stdout")?;
+    drop(stdout);
+    server.run()?;
+    Ok(())
+}

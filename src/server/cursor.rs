@@ -1,0 +1,146 @@
+//! A receiver's position in the [`Log`], and the one function that writes a receiver.
+
+use std::io::{self, IoSlice, Write};
+
+use bytes::Bytes;
+
+use super::log::Log;
+
+/// Most slices handed to one `writev`: Linux's `IOV_MAX`.
+const MAX_IOV: usize = 1024;
+
+/// Where a receiver is in the log. A receiver owns no queue: what it owes is the log from here.
+#[derive(Debug)]
+pub struct Cursor {
+    /// Sequence number of the next whole message to send.
+    next_seq: u64,
+    /// The unsent rest of a message a previous write stopped inside. Held here rather than as an
+    /// offset so the log may forget that message while this receiver still finishes it.
+    partial: Option<Bytes>,
+}
+
+/// How a flush ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything up to the log's end was written.
+    CaughtUp,
+    /// The socket took all it could (`WouldBlock`); wait for it to become writable.
+    Blocked,
+}
+
+impl Cursor {
+    /// A cursor that owes nothing of a log whose next message will be `seq`.
+    pub fn at(seq: u64) -> Self {
+        Cursor {
+            next_seq: seq,
+            partial: None,
+        }
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Whether a write stopped inside a message that is not finished yet.
+    pub fn in_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Whether anything in `log` remains to be written.
+    pub fn is_behind(&self, log: &Log) -> bool {
+        self.partial.is_some() || self.next_seq < log.end_seq()
+    }
+
+    /// Whether the log already forgot messages this receiver has not been sent.
+    pub fn has_fallen_off(&self, log: &Log) -> bool {
+        self.next_seq < log.first_seq()
+    }
+
+    /// Skips to the oldest message still held; returns how many messages were skipped. A message
+    /// already partly sent is still finished, so the receiver's stream stays well-formed.
+    pub fn skip_to_first(&mut self, log: &Log) -> u64 {
+        let skipped = log.first_seq().saturating_sub(self.next_seq);
+        self.next_seq = self.next_seq.max(log.first_seq());
+        if let Some(rest) = self.partial.take() {
+            // Copy the rest out so a receiver that never reads pins only its own few bytes, not
+            // the whole read block the message was split from.
+            self.partial = Some(Bytes::copy_from_slice(&rest));
+        }
+        skipped
+    }
+
+    /// Writes the log from this cursor into `out` until caught up or `WouldBlock`, many messages
+    /// per `write_vectored`, advancing exactly through partial writes. Messages from `skip_origin`
+    /// (the receiver itself, under `--no-echo-self`) are stepped over.
+    ///
+    /// The caller must first deal with a cursor that [`has_fallen_off`](Self::has_fallen_off).
+    pub fn flush<W: Write>(
+        &mut self,
+        log: &Log,
+        skip_origin: Option<u64>,
+        out: &mut W,
+    ) -> io::Result<Flushed> {
+        debug_assert!(!self.has_fallen_off(log));
+        loop {
+            let result = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                if let Some(rest) = &self.partial {
+                    slices[0] = IoSlice::new(rest);
+                    n = 1;
+                }
+                for e in log.from(self.next_seq) {
+                    if n == MAX_IOV {
+                        break;
+                    }
+                    if Some(e.origin) != skip_origin {
+                        slices[n] = IoSlice::new(&e.bytes);
+                        n += 1;
+                    }
+                }
+                if n == 0 {
+                    // Nothing to send but (perhaps) own messages: step over them.
+                    self.next_seq = log.end_seq();
+                    return Ok(Flushed::CaughtUp);
+                }
+                out.write_vectored(&slices[..n])
+            };
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.advance(log, skip_origin, written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Moves the cursor over `written` bytes of what `flush` offered.
+    fn advance(&mut self, log: &Log, skip_origin: Option<u64>, mut written: usize) {
+        if let Some(rest) = &mut self.partial {
+            if written < rest.len() {
+                *rest = rest.slice(written..);
+                return;
+            }
+            written -= rest.len();
+            self.partial = None;
+        }
+        for e in log.from(self.next_seq) {
+            if written == 0 {
+                break;
+            }
+            self.next_seq += 1;
+            if Some(e.origin) == skip_origin {
+                continue;
+            }
+            if written < e.bytes.len() {
+                self.partial = Some(e.bytes.slice(written..));
+                return;
+            }
+            written -= e.bytes.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+use std::io::{self, Write};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+
+/// An in-memory socket that accepts a scripted number of bytes per write, then `WouldBlock`.
+struct Sink {
+    got: Vec<u8>,
+    /// Per call: `Some(n)` takes up to n bytes, `None` is `WouldBlock`; cycles.
+    script: Vec<Option<usize>>,
+    call: usize,
+    writes: usize,
+}
+
+impl Sink {
+    fn new(script: Vec<Option<usize>>) -> Self {
+        Sink {
+            got: Vec::new(),
+            script,
+            call: 0,
+            writes: 0,
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let step = self.script[self.call % self.script.len()];
+        self.call += 1;
+        let Some(mut room) = step else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        self.writes += 1;
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(room);
+            self.got.extend_from_slice(&b[..take]);
+            room -= take;
+            n += take;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_with(msgs: &[(&'static [u8], u64)]) -> Log {
+    let mut log = Log::new();
+    for (m, origin) in msgs {
+        log.append(Bytes::from_static(m), *origin);
+    }
+    log
+}
+
+#[test]
+fn many_messages_go_out_in_one_write() {
+    let log = log_with(&[(b"a\n", 1), (b"b\n", 2), (b"c\n", 1)]);
+    let mut c = Cursor::at(0);
+    let mut sink = Sink::new(vec![Some(usize::MAX)]);
+    assert_eq!(c.flush(&log, None, &mut sink).unwrap(), Flushed::CaughtUp);
+    assert_eq!(sink.got, b"a\nb\nc\n");
+    assert_eq!(sink.writes, 1);
+    assert!(!c.is_behind(&log));
+}
+
+#[test]
+fn own_messages_are_skipped() {
+    let log = log_with(&[(b"a\n", 1), (b"b\n", 2), (b"c\n", 1)]);
+    let mut c = Cursor::at(0);
+    let mut sink = Sink::new(vec![Some(usize::MAX)]);
+    c.flush(&log, Some(1), &mut sink).unwrap();
+    assert_eq!(sink.got, b"b\n");
+    assert_eq!(c.next_seq(), 3);
+}
+
+#[test]
+fn a_message_partly_sent_is_finished_even_after_the_log_forgets_it() {
+    let mut log = log_with(&[(b"hello\n", 1), (b"world\n", 1)]);
+    let mut c = Cursor::at(0);
+    let mut sink = Sink::new(vec![Some(3), None]);
+    assert_eq!(c.flush(&log, None, &mut sink).unwrap(), Flushed::Blocked);
+    log.trim_to(0);
+    assert!(c.has_fallen_off(&log));
+    assert_eq!(c.skip_to_first(&log), 1);
+    log.append(Bytes::from_static(b"again\n"), 1);
+    let mut rest = Sink::new(vec![Some(usize::MAX)]);
+    c.flush(&log, None, &mut rest).unwrap();
+    sink.got.extend_from_slice(&rest.got);
+    assert_eq!(sink.got, b"hello\nagain\n");
+}
+
+#[test]
+fn socket_errors_are_returned() {
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = log_with(&[(b"a\n", 1)]);
+    let err = Cursor::at(0).flush(&log, None, &mut Broken).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+}
+
+proptest! {
+    /// Partial writes and `WouldBlock` at any byte lose, duplicate and reorder nothing, with
+    /// messages appended between flushes.
+    #[test]
+    fn any_write_pattern_delivers_the_log_exactly(
+        msgs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 1..20), 0u64..3), 1..60),
+        script in proptest::collection::vec(proptest::option::weighted(0.8, 1usize..50), 1..10),
+        batch in 1usize..10,
+        skip in proptest::option::of(0u64..3),
+    ) {
+        let mut log = Log::new();
+        let mut c = Cursor::at(0);
+        // At least one step makes progress, or no amount of retrying could finish.
+        let mut script = script;
+        script.push(Some(7));
+        let mut sink = Sink::new(script);
+        for chunk in msgs.chunks(batch) {
+            for (m, origin) in chunk {
+                log.append(Bytes::from(m.clone()), *origin);
+            }
+            let _ = c.flush(&log, skip, &mut sink).unwrap();
+        }
+        // Keep offering writes until the receiver has everything.
+        let mut guard = 0;
+        while c.is_behind(&log) {
+            let _ = c.flush(&log, skip, &mut sink).unwrap();
+            guard += 1;
+            prop_assert!(guard < 10_000);
+        }
+        let want: Vec<u8> = msgs
+            .iter()
+            .filter(|(_, o)| Some(*o) != skip)
+            .flat_map(|(m, _)| m.clone())
+            .collect();
+        prop_assert_eq!(sink.got, want);
+    }
+}

@@ -1,0 +1,74 @@
+//! Why a connection was closed: logged with the peer's address and counted.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use crate::protocol::ProtocolError;
+
+/// The reason one client's connection ended. Each closes that client only.
+#[derive(Debug)]
+pub enum DisconnectReason {
+    /// The client closed its side, and everything owed to it was sent.
+    Closed,
+    /// The socket failed: reset by the peer, broken pipe, and the like.
+    Reset(io::Error),
+    /// The client sent something that cannot be relayed.
+    Protocol(ProtocolError),
+    /// The client read too slowly and fell more than `--max-pending` bytes behind.
+    SlowConsumer { max_pending: usize },
+    /// Nothing arrived from the client for `--idle-timeout`.
+    Idle(Duration),
+    /// The server is stopping and the shutdown timeout ran out before the client was sent all.
+    Shutdown,
+}
+
+impl DisconnectReason {
+    /// A short, stable name for counting.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DisconnectReason::Closed => "closed",
+            DisconnectReason::Reset(_) => "reset",
+            DisconnectReason::Protocol(_) => "protocol",
+            DisconnectReason::SlowConsumer { .. } => "slow_consumer",
+            DisconnectReason::Idle(_) => "idle",
+            DisconnectReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Whether this is the client's failure (logged at `warn`) rather than a normal end (`info`).
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            DisconnectReason::Reset(_)
+                | DisconnectReason::Protocol(_)
+                | DisconnectReason::SlowConsumer { .. }
+        )
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::Closed => f.write_str("client closed the connection"),
+            DisconnectReason::Reset(e) => write!(f, "connection error: {e}"),
+            DisconnectReason::Protocol(e) => write!(f, "protocol error: {e}"),
+            DisconnectReason::SlowConsumer { max_pending } => write!(
+                f,
+                "slow consumer: fell more than {max_pending} bytes behind (--max-pending)"
+            ),
+            DisconnectReason::Idle(t) => {
+                write!(f, "idle: nothing received for {}s", t.as_secs_f64())
+            }
+            DisconnectReason::Shutdown => {
+                f.write_str("server shutting down: shutdown timeout reached before all was sent")
+            }
+        }
+    }
+}
+
+impl From<ProtocolError> for DisconnectReason {
+    fn from(e: ProtocolError) -> Self {
+        DisconnectReason::Protocol(e)
+    }
+}

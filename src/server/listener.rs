@@ -1,0 +1,73 @@
+//! Start-up chores: the listening socket and the open-files limit.
+
+use std::io;
+use std::net::SocketAddr;
+
+use mio::net::TcpListener;
+use socket2::{Domain, Socket, Type};
+
+/// Pending connections the kernel may hold for us (capped by `net.core.somaxconn`). Large, so
+/// that a burst of thousands of clients connecting at once is not refused.
+const BACKLOG: i32 = 4096;
+
+/// Binds a non-blocking listener with `SO_REUSEADDR`, so a restarted server can bind the port
+/// while connections of its previous run linger in `TIME_WAIT`.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    // Accepted sockets inherit this on Linux; each is set again on accept all the same.
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Raises the soft limit on open files to the hard limit, so thousands of clients work without
+/// the user touching `ulimit`. Returns the limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Whether an `accept` error means the process or system ran out of descriptors or memory:
+/// retrying at once would spin, so accepting pauses for a moment instead.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Whether an `accept` error concerns only the connection being accepted (it was reset or
+/// aborted before we got to it): skip it and accept the next.
+pub fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
+}

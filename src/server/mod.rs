@@ -1,0 +1,581 @@
+//! The event loop: one `mio::Poll`, a listener, a slab of connections and one shared log.
+//!
+//! Each turn of the loop: poll; accept; read queued connections into the log (bounded per
+//! connection and per turn); write every receiver that is behind with vectored writes; trim
+//! the log and deal with slow consumers; close what needs closing; check idle clients.
+
+mod connection;
+mod cursor;
+mod disconnect;
+mod listener;
+mod log;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mio::event::Event;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use tracing::{debug, info, warn};
+
+use crate::config::{ServerConfig, SlowConsumerPolicy};
+use crate::protocol::Decoder;
+use connection::{Connection, Input};
+pub use cursor::{Cursor, Flushed};
+pub use disconnect::DisconnectReason;
+pub use log::{Entry, Log};
+
+/// The listener's token: above any slab key (those stay below `--max-connections`).
+const LISTENER: Token = Token(usize::MAX);
+/// Token of the SIGINT/SIGTERM source.
+const SIGNALS: Token = Token(usize::MAX - 1);
+/// Token of the waker behind [`ShutdownHandle`].
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// Bytes one connection may read per visit before the others get their turn.
+const READ_BUDGET: usize = 256 * 1024;
+/// Least input taken per turn, however small `--max-pending` is.
+const MIN_TURN_INPUT: usize = 64 * 1024;
+/// How long accepting pauses after the process ran out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Poll events handled per turn.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Why the server could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot set up the event loop: {0}")]
+    Setup(io::Error),
+    #[error("event loop failed: {0}")]
+    Poll(io::Error),
+}
+
+/// Counters kept over the server's life, returned by [`Server::run`] and logged at the end.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Connections accepted and served.
+    pub accepted: u64,
+    /// Connections closed at once because `--max-connections` were open.
+    pub rejected: u64,
+    /// Messages relayed (appended to the log).
+    pub messages: u64,
+    /// Messages skipped for slow consumers under `--slow-consumer drop`.
+    pub dropped: u64,
+    /// Closed connections by [`DisconnectReason::kind`].
+    pub disconnects: BTreeMap<&'static str, u64>,
+}
+
+/// Asks a running server, from any thread, to shut down gracefully.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    waker: Arc<Waker>,
+    requested: Arc<AtomicBool>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        // A failed wake means the loop is gone already: nothing left to stop.
+        let _ = self.waker.wake();
+    }
+}
+
+/// A bound, not yet running, multi-echo server.
+pub struct Server {
+    /// The readiness queue everything is registered with.
+    poll: Poll,
+    /// `None` once shutdown has begun: closing it makes new connections be refused.
+    listener: Option<TcpListener>,
+    /// The address actually bound (with the real port when asked for port 0).
+    local_addr: SocketAddr,
+    config: ServerConfig,
+    /// Open connections, keyed by their token.
+    conns: Slab<Connection>,
+    /// Every message relayed and not yet sent to all receivers, in the one order all see.
+    log: Log,
+    /// The loop's read buffer: input is read here and messages are split off it without a
+    /// copy, so idle connections hold no buffer of their own.
+    scratch: BytesMut,
+    /// Connections whose read budget ran out with input perhaps left, as (key, id) so an entry
+    /// outliving its connection is recognised.
+    read_queue: VecDeque<(usize, u64)>,
+    /// Connections to close at the end of the current step, with the reason.
+    closing: Vec<(usize, DisconnectReason)>,
+    /// Next connection id; ids are never reused, unlike slab keys.
+    next_id: u64,
+    /// SIGINT/SIGTERM, once [`handle_signals`](Self::handle_signals) was called.
+    signals: Option<Signals>,
+    /// Wakes the loop for [`ShutdownHandle`].
+    waker: Arc<Waker>,
+    shutdown_requested: Arc<AtomicBool>,
+    /// Set while accepting is paused after running out of descriptors.
+    accept_paused_until: Option<Instant>,
+    /// Set once shutdown began: when to give up delivering.
+    shutdown_deadline: Option<Instant>,
+    /// When to next look for idle clients (only with `--idle-timeout`).
+    next_idle_check: Option<Instant>,
+    stats: Stats,
+}
+
+impl Server {
+    /// Binds the listening socket and raises the open-files limit; nothing is served until
+    /// [`run`](Self::run).
+    pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        match listener::raise_open_files_limit() {
+            Ok(limit) if (limit as usize) < config.max_connections + 32 => warn!(
+                "open-files limit is {limit}: fewer than --max-connections {} can be served \
+                 (raise the hard limit with ulimit -Hn)",
+                config.max_connections
+            ),
+            Ok(limit) => debug!("open-files limit {limit}"),
+            Err(e) => warn!("cannot raise the open-files limit: {e}"),
+        }
+        let addr = config.listen;
+        let mut listener =
+            listener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let poll = Poll::new().map_err(ServerError::Setup)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(ServerError::Setup)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Setup)?);
+        let next_idle_check = config
+            .idle_timeout
+            .map(|t| Instant::now() + idle_check_every(t));
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            config,
+            conns: Slab::new(),
+            log: Log::new(),
+            scratch: BytesMut::new(),
+            read_queue: VecDeque::new(),
+            closing: Vec::new(),
+            next_id: 0,
+            signals: None,
+            waker,
+            shutdown_requested: Arc::new(AtomicBool::new(false)),
+            accept_paused_until: None,
+            shutdown_deadline: None,
+            next_idle_check,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Makes SIGINT and SIGTERM start a graceful shutdown.
+    pub fn handle_signals(&mut self) -> Result<(), ServerError> {
+        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Setup)?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(ServerError::Setup)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// A handle that stops this server from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            waker: Arc::clone(&self.waker),
+            requested: Arc::clone(&self.shutdown_requested),
+        }
+    }
+
+    /// Serves until shut down, then delivers what is queued (up to `--shutdown-timeout`).
+    pub fn run(mut self) -> Result<Stats, ServerError> {
+        info!(
+            "serving {} on {} (max {} connections, message ≤ {} B, pending ≤ {} B, slow consumers: {})",
+            self.config.protocol,
+            self.local_addr,
+            self.config.max_connections,
+            self.config.max_message,
+            self.config.max_pending,
+            self.config.slow_consumer,
+        );
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError::Poll(e));
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => self.on_signal(now),
+                    WAKER => {
+                        if self.shutdown_requested.load(Ordering::SeqCst) {
+                            self.begin_shutdown(now, "shutdown requested");
+                        }
+                    }
+                    Token(key) => self.on_ready(key, event),
+                }
+            }
+            if self.shutdown_deadline.is_none() {
+                self.read_queued(now);
+                self.close_pending();
+            }
+            self.flush_all();
+            self.close_pending();
+            self.housekeeping(now);
+            if self.shutdown_is_done(now) {
+                break;
+            }
+        }
+        self.stats.messages = self.log.end_seq();
+        info!(
+            "stopped: {} connections served, {} rejected, {} messages relayed, {} dropped for slow consumers, disconnects {:?}",
+            self.stats.accepted,
+            self.stats.rejected,
+            self.stats.messages,
+            self.stats.dropped,
+            self.stats.disconnects
+        );
+        Ok(self.stats)
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.read_queue.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [
+            self.next_idle_check,
+            self.accept_paused_until,
+            self.shutdown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Accepts until `WouldBlock` (the listener is edge-triggered too).
+    fn accept(&mut self, now: Instant) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        if self.accept_paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        loop {
+            let (mut socket, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if listener::is_connection_error(&e) => continue,
+                Err(e) => {
+                    let why = if listener::is_resource_exhaustion(&e) {
+                        "out of file descriptors or memory"
+                    } else {
+                        "unexpected error"
+                    };
+                    warn!(
+                        "accept failed ({why}): {e}; pausing accepts for {} ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            };
+            if self.conns.len() >= self.config.max_connections {
+                self.stats.rejected += 1;
+                warn!(
+                    peer = %peer,
+                    "rejected: {} connections already open (--max-connections)",
+                    self.conns.len()
+                );
+                continue; // dropping `socket` closes it
+            }
+            if let Err(e) = socket.set_nodelay(true) {
+                debug!(peer = %peer, "cannot set TCP_NODELAY: {e}");
+            }
+            let entry = self.conns.vacant_entry();
+            let token = Token(entry.key());
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut socket, token, Interest::READABLE)
+            {
+                warn!(peer = %peer, "cannot register connection: {e}");
+                continue;
+            }
+            let decoder = Decoder::new(self.config.protocol, self.config.max_message);
+            entry.insert(Connection::new(
+                socket,
+                peer,
+                self.next_id,
+                decoder,
+                &self.log,
+            ));
+            self.next_id += 1;
+            self.stats.accepted += 1;
+            debug!(peer = %peer, "connected");
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        if let Some(sig) = signals.pending().next() {
+            let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+            self.begin_shutdown(now, name);
+        }
+    }
+
+    fn on_ready(&mut self, key: usize, event: &Event) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // closed earlier in this batch
+        };
+        if event.is_writable() {
+            conn.blocked = false;
+        }
+        let has_input = event.is_readable() || event.is_read_closed() || event.is_error();
+        if has_input && !conn.queued && conn.eof_at.is_none() && self.shutdown_deadline.is_none() {
+            conn.queued = true;
+            self.read_queue.push_back((key, conn.id));
+        }
+    }
+
+    /// Reads queued connections, each up to its budget, until the turn's input budget is used.
+    /// The turn budget bounds how far the log can grow past `--max-pending` before the next
+    /// flush trims it; connections not reached stay queued, in order, for the next turn.
+    fn read_queued(&mut self, now: Instant) {
+        let turn_budget = (self.config.max_pending / 4).max(MIN_TURN_INPUT);
+        let start = self.log.bytes();
+        for _ in 0..self.read_queue.len() {
+            if self.log.bytes() - start >= turn_budget {
+                break;
+            }
+            let Some((key, id)) = self.read_queue.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+                continue;
+            };
+            match conn.read(&mut self.scratch, &mut self.log, READ_BUDGET, now) {
+                Ok(Input::More) => self.read_queue.push_back((key, id)),
+                Ok(Input::Drained) => conn.queued = false,
+                Ok(Input::Eof) => {
+                    conn.queued = false;
+                    conn.eof_at = Some(self.log.end_seq());
+                    debug!(peer = %conn.peer, "client closed its sending side");
+                }
+                Err(reason) => {
+                    conn.queued = false;
+                    self.closing.push((key, reason));
+                }
+            }
+        }
+    }
+
+    /// Writes every receiver that is behind and not blocked, then trims the log: what all have
+    /// been sent goes, and beyond `--max-pending` the oldest goes, making slow consumers.
+    fn flush_all(&mut self) {
+        let Server {
+            poll,
+            conns,
+            log,
+            closing,
+            config,
+            stats,
+            ..
+        } = self;
+        let end = log.end_seq();
+        let mut oldest_needed = end;
+        for (key, conn) in conns.iter_mut() {
+            if conn.cursor.has_fallen_off(log) {
+                if let Some(reason) = fall_behind(conn, log, config, stats) {
+                    closing.push((key, reason));
+                    continue;
+                }
+            }
+            if !conn.blocked && conn.cursor.is_behind(log) {
+                let result = conn
+                    .flush(log, config.echo_self)
+                    .and_then(|flushed| set_writable_interest(poll, key, conn, flushed));
+                if let Err(e) = result {
+                    closing.push((key, DisconnectReason::Reset(e)));
+                    continue;
+                }
+            }
+            if conn.is_finished() {
+                closing.push((key, DisconnectReason::Closed));
+                continue;
+            }
+            oldest_needed = oldest_needed.min(conn.cursor.next_seq());
+        }
+        log.trim_before(oldest_needed);
+        if log.bytes() > config.max_pending {
+            log.trim_to(config.max_pending);
+            // Deal with those the trim overtook now rather than at their next event.
+            for (key, conn) in conns.iter_mut() {
+                if conn.cursor.has_fallen_off(log) {
+                    if let Some(reason) = fall_behind(conn, log, config, stats) {
+                        closing.push((key, reason));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the connections queued in `closing`, logging each with its peer and reason.
+    fn close_pending(&mut self) {
+        for (key, reason) in self.closing.drain(..) {
+            let Some(mut conn) = self.conns.try_remove(key) else {
+                continue; // already closed for an earlier reason this turn
+            };
+            // Closing the socket removes it from epoll anyway; a failure here changes nothing.
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+            *self.stats.disconnects.entry(reason.kind()).or_default() += 1;
+            let peer = conn.peer;
+            let dropped = conn.dropped;
+            match reason {
+                DisconnectReason::Closed => debug!(peer = %peer, dropped, "disconnected: {reason}"),
+                _ if reason.is_failure() => warn!(peer = %peer, dropped, "disconnected: {reason}"),
+                _ => info!(peer = %peer, dropped, "disconnected: {reason}"),
+            }
+        }
+    }
+
+    /// Timers: idle clients, paused accepts.
+    fn housekeeping(&mut self, now: Instant) {
+        if let (Some(timeout), Some(at)) = (self.config.idle_timeout, self.next_idle_check) {
+            if now >= at {
+                for (key, conn) in self.conns.iter() {
+                    if now.saturating_duration_since(conn.last_input) >= timeout {
+                        self.closing.push((key, DisconnectReason::Idle(timeout)));
+                    }
+                }
+                self.close_pending();
+                self.next_idle_check = Some(now + idle_check_every(timeout));
+            }
+        }
+        if self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept(now);
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant, why: &str) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        info!(
+            "shutting down ({why}): refusing new connections, delivering queued messages for up to {}s",
+            self.config.shutdown_timeout.as_secs_f64()
+        );
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.read_queue.clear();
+        for (_, conn) in self.conns.iter_mut() {
+            conn.queued = false;
+        }
+        self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
+    }
+
+    /// During shutdown: done once nobody is owed anything, or when the deadline passes (those
+    /// still owed are then closed with a log line saying so).
+    fn shutdown_is_done(&mut self, now: Instant) -> bool {
+        let Some(deadline) = self.shutdown_deadline else {
+            return false;
+        };
+        let log = &self.log;
+        let owed: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.cursor.is_behind(log))
+            .map(|(key, _)| key)
+            .collect();
+        if owed.is_empty() {
+            return true;
+        }
+        if now < deadline {
+            return false;
+        }
+        self.closing.extend(
+            owed.into_iter()
+                .map(|key| (key, DisconnectReason::Shutdown)),
+        );
+        self.close_pending();
+        true
+    }
+}
+
+/// Applies `--slow-consumer` to a receiver the log has left behind. Returns the reason to
+/// close it, or `None` when it was skipped ahead instead.
+fn fall_behind(
+    conn: &mut Connection,
+    log: &Log,
+    config: &ServerConfig,
+    stats: &mut Stats,
+) -> Option<DisconnectReason> {
+    match config.slow_consumer {
+        SlowConsumerPolicy::Disconnect => Some(DisconnectReason::SlowConsumer {
+            max_pending: config.max_pending,
+        }),
+        SlowConsumerPolicy::Drop => {
+            let skipped = conn.cursor.skip_to_first(log);
+            if conn.dropped == 0 {
+                warn!(
+                    peer = %conn.peer,
+                    skipped,
+                    "slow consumer: fell more than {} bytes behind, skipping messages (--slow-consumer drop)",
+                    config.max_pending
+                );
+            }
+            conn.dropped += skipped;
+            stats.dropped += skipped;
+            None
+        }
+    }
+}
+
+/// Keeps WRITABLE in the registered interest exactly while the receiver is blocked.
+fn set_writable_interest(
+    poll: &Poll,
+    key: usize,
+    conn: &mut Connection,
+    flushed: Flushed,
+) -> io::Result<()> {
+    let blocked = flushed == Flushed::Blocked;
+    conn.blocked = blocked;
+    if conn.wants_writable != blocked {
+        let interest = if blocked {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        poll.registry()
+            .reregister(&mut conn.socket, Token(key), interest)?;
+        conn.wants_writable = blocked;
+    }
+    Ok(())
+}
+
+/// How often to look for idle clients: often enough that one is closed within a quarter of the
+/// timeout after it expires, and at most once every 10 ms.
+fn idle_check_every(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
