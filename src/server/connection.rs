@@ -92,6 +92,7 @@ impl Connection {
         budget: usize,
         now: Instant,
     ) -> Result<Input, DisconnectReason> {
+        debug_assert!(scratch.is_empty(), "scratch holds another client's bytes");
         let mut taken = 0;
         while taken < budget {
             let from_scratch = self.tail.is_empty();
@@ -114,14 +115,17 @@ impl Connection {
                 Ok(n) => {
                     taken += n;
                     self.last_input = now;
-                    while let Some(msg) = self.decoder.decode(buf)? {
-                        log.append(msg, self.id);
-                    }
+                    let decoded = decode_into(&mut self.decoder, buf, log, self.id);
                     if from_scratch {
-                        // Keep only the incomplete rest; the scratch block goes on serving reads.
-                        self.tail.extend_from_slice(scratch);
+                        // Keep only the incomplete rest; the scratch block goes on serving
+                        // reads, and must hold nothing of this client when the next one reads.
+                        if decoded.is_ok() {
+                            self.tail.extend_from_slice(scratch);
+                        }
                         scratch.clear();
-                    } else if self.tail.is_empty() {
+                    }
+                    decoded?;
+                    if !from_scratch && self.tail.is_empty() {
                         // Let go of the block the finished message lives in.
                         self.tail = BytesMut::new();
                     }
@@ -145,6 +149,19 @@ impl Connection {
         self.eof_at
             .is_some_and(|end| self.cursor.next_seq() >= end && !self.cursor.in_message())
     }
+}
+
+/// Appends every complete message in `buf` to `log`.
+fn decode_into(
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+    log: &mut Log,
+    origin: u64,
+) -> Result<(), DisconnectReason> {
+    while let Some(msg) = decoder.decode(buf)? {
+        log.append(msg, origin);
+    }
+    Ok(())
 }
 
 /// `read(2)` into the spare capacity of `buf`, without zeroing it first.

@@ -1,0 +1,142 @@
+//! One client's failure closes that client only, with a log line naming it and the reason.
+
+mod util;
+
+use util::{Client, Server};
+
+/// Connects `n` clients and proves all are registered (the last one's line reaches all).
+fn connected(server: &Server, n: usize) -> Vec<Client> {
+    let mut clients: Vec<Client> = (0..n).map(|_| server.connect()).collect();
+    clients.last_mut().unwrap().send(b"ready\n");
+    for c in &mut clients {
+        c.expect(b"ready\n");
+    }
+    clients
+}
+
+/// The survivors still relay to each other, in order, after the failure.
+fn still_relaying(clients: &mut [Client]) {
+    clients[0].send(b"still here\n");
+    for c in clients.iter_mut() {
+        c.expect(b"still here\n");
+    }
+}
+
+#[test]
+fn an_oversized_line_disconnects_only_its_sender() {
+    let server = Server::start(&["--max-message", "16"]);
+    let mut clients = connected(&server, 3);
+    let mut bad = clients.pop().unwrap();
+    let peer = bad.local_addr().to_string();
+    bad.send(b"short\n");
+    bad.send(b"this line is far longer than sixteen bytes\n");
+    for c in &mut clients {
+        c.expect(b"short\n");
+    }
+    bad.read_to_close();
+    server
+        .log
+        .wait_for(&[&peer, "protocol error", "exceeds the limit of 16 bytes"]);
+    still_relaying(&mut clients);
+}
+
+#[test]
+fn an_oversized_frame_disconnects_only_its_sender() {
+    let server = Server::start(&["--protocol", "frame", "--max-message", "1KiB"]);
+    let mut good = server.connect();
+    let mut bad = server.connect();
+    bad.send_frame(b"ready");
+    assert_eq!(good.read_frame(), b"ready");
+    let peer = bad.local_addr().to_string();
+    // A header announcing 2 KiB; the payload never needs to arrive.
+    bad.send(&2048u64.to_be_bytes());
+    bad.read_to_close();
+    server
+        .log
+        .wait_for(&[&peer, "protocol error", "2048 bytes"]);
+    good.send_frame(b"after");
+    assert_eq!(good.read_frame(), b"after");
+}
+
+#[test]
+fn garbage_length_prefixes_close_that_client_only() {
+    let server = Server::start(&["--protocol", "frame"]);
+    let mut good = server.connect();
+    let mut bad = server.connect();
+    bad.send_frame(b"ready");
+    assert_eq!(good.read_frame(), b"ready");
+    let peer = bad.local_addr().to_string();
+    bad.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    bad.read_to_close();
+    server.log.wait_for(&[&peer, "protocol error"]);
+    good.send_frame(b"after");
+    assert_eq!(good.read_frame(), b"after");
+}
+
+#[test]
+fn a_reset_mid_line_closes_that_client_and_its_partial_line_is_not_relayed() {
+    let server = Server::start(&[]);
+    let mut clients = connected(&server, 3);
+    let mut bad = clients.pop().unwrap();
+    let peer = bad.local_addr().to_string();
+    bad.send(b"half a li");
+    bad.reset();
+    server
+        .log
+        .wait_for(&[&peer, "disconnected", "connection error"]);
+    // The first thing the survivors see after "ready" is "still here": no half line.
+    still_relaying(&mut clients);
+}
+
+#[test]
+fn a_reset_mid_frame_closes_that_client_only() {
+    let server = Server::start(&["--protocol", "frame"]);
+    let mut good = server.connect();
+    let mut bad = server.connect();
+    bad.send_frame(b"ready");
+    assert_eq!(good.read_frame(), b"ready");
+    let peer = bad.local_addr().to_string();
+    bad.send(&100u64.to_be_bytes());
+    bad.send(b"only part of it");
+    bad.reset();
+    server.log.wait_for(&[&peer, "disconnected"]);
+    good.send_frame(b"after");
+    assert_eq!(good.read_frame(), b"after");
+}
+
+#[test]
+fn a_frame_cut_short_by_a_clean_close_is_reported_and_not_relayed() {
+    let server = Server::start(&["--protocol", "frame"]);
+    let mut good = server.connect();
+    let mut bad = server.connect();
+    bad.send_frame(b"ready");
+    assert_eq!(good.read_frame(), b"ready");
+    let peer = bad.local_addr().to_string();
+    bad.send(&100u64.to_be_bytes());
+    bad.send(b"only part of it");
+    bad.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    server
+        .log
+        .wait_for(&[&peer, "stream ended inside a message (23 of 108 bytes"]);
+    good.send_frame(b"after");
+    assert_eq!(good.read_frame(), b"after");
+}
+
+#[test]
+fn clients_that_vanish_while_being_written_do_not_disturb_the_rest() {
+    let server = Server::start(&[]);
+    let mut clients = connected(&server, 20);
+    let mut survivors = clients.split_off(10);
+    // Ten clients reset while the server has a stream of lines to send them.
+    let big: Vec<u8> = (0..2000)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    survivors[0].send(&big);
+    for c in clients {
+        c.reset();
+    }
+    for c in &mut survivors {
+        c.expect(&big);
+    }
+    still_relaying(&mut survivors);
+}

@@ -1,0 +1,324 @@
+//! Helpers shared by the integration tests: start the real `mob` binary, talk to it over real
+//! sockets, and wait for events under a deadline (never for a fixed time).
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single expectation may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The `mob` binary cargo built for these tests.
+pub fn mob() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mob"))
+}
+
+/// Lets one test process open thousands of sockets.
+pub fn raise_fd_limit() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    });
+}
+
+/// Lines a process wrote to stderr, collected by a thread, with a way to wait for one.
+#[derive(Clone, Default)]
+pub struct Output {
+    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Output {
+    fn collect(self, stream: impl Read + Send + 'static) -> thread::JoinHandle<()> {
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cvar) = &*self.lines;
+                lock.lock().unwrap().push(line);
+                cvar.notify_all();
+            }
+        })
+    }
+
+    /// Waits until a line containing all of `needles` has appeared; returns it.
+    pub fn wait_for(&self, needles: &[&str]) -> String {
+        let (lock, cvar) = &*self.lines;
+        let deadline = Instant::now() + DEADLINE;
+        let mut lines = lock.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line containing {needles:?} within {DEADLINE:?}; log was:\n{}",
+                lines.join("\n")
+            );
+            lines = cvar.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Lines containing `needle` so far.
+    pub fn count(&self, needle: &str) -> usize {
+        let lines = self.lines.0.lock().unwrap();
+        lines.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.0.lock().unwrap().join("\n")
+    }
+}
+
+/// A `mob serve` process on a free loopback port; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Output,
+}
+
+impl Server {
+    /// Starts `mob serve --listen 127.0.0.1:0 ARGS...` and waits for its `listening on` line.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with(mob(), args)
+    }
+
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
+        raise_fd_limit();
+        let mut child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mob serve");
+        let log = Output::default();
+        log.clone().collect(child.stderr.take().unwrap());
+        let stdout = Output::default();
+        stdout.clone().collect(child.stdout.take().unwrap());
+        let line = stdout.wait_for(&["listening on "]);
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Server { child, addr, log }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill failed");
+    }
+
+    /// Waits for the server to exit, failing the test after the deadline.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for mob") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server still running after {within:?}; log:\n{}",
+                self.log.text()
+            );
+            wait_a_moment();
+        }
+    }
+
+    /// Peak resident set size of the server so far, from /proc (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    /// Current resident set size, in bytes.
+    pub fn rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:") * 1024
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Polling interval for conditions that have no event to wait on (a process exit).
+pub fn wait_a_moment() {
+    thread::sleep(Duration::from_millis(10));
+}
+
+/// A test client over a real socket.
+pub struct Client {
+    pub stream: TcpStream,
+    /// Bytes read but not yet consumed by an expectation.
+    pending: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Connects with a small receive buffer, so a client that stops reading is noticed soon.
+    pub fn connect_small_buffer(addr: SocketAddr) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&addr.into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().unwrap()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    pub fn send_frame(&mut self, payload: &[u8]) {
+        let mut wire = (payload.len() as u64).to_be_bytes().to_vec();
+        wire.extend_from_slice(payload);
+        self.send(&wire);
+    }
+
+    /// Reads more into `pending`; `Ok(0)` at end of stream.
+    fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left)).unwrap();
+        let mut buf = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut buf)?;
+        self.pending.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    /// Waits for exactly `n` more bytes.
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        while self.pending.len() < n {
+            match self.fill(deadline) {
+                Ok(0) => panic!(
+                    "connection closed after {} of {n} expected bytes",
+                    self.pending.len()
+                ),
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "waiting for {n} bytes, got {} ({e}): {:?}",
+                    self.pending.len(),
+                    String::from_utf8_lossy(&self.pending)
+                ),
+            }
+        }
+        self.pending.drain(..n).collect()
+    }
+
+    /// Waits for `expected` as the next bytes.
+    pub fn expect(&mut self, expected: &[u8]) {
+        let got = self.read_exact(expected.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected)
+        );
+    }
+
+    /// Waits for the next line (without its `\n`).
+    pub fn read_line(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(i) = self.pending.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.pending.drain(..=i).collect();
+                line.pop();
+                return line;
+            }
+            match self.fill(deadline) {
+                Ok(0) => panic!("connection closed while waiting for a line"),
+                Ok(_) => {}
+                Err(e) => panic!("waiting for a line: {e}"),
+            }
+        }
+    }
+
+    /// Waits for the next frame's payload.
+    pub fn read_frame(&mut self) -> Vec<u8> {
+        let header = self.read_exact(8);
+        let len = u64::from_be_bytes(header.try_into().unwrap()) as usize;
+        self.read_exact(len)
+    }
+
+    /// Reads until the server closes the connection; returns everything read. Fails the test
+    /// if the connection is still open at the deadline.
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.fill(deadline) {
+                Ok(0) => return std::mem::take(&mut self.pending),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return std::mem::take(&mut self.pending)
+                }
+                Err(e) => panic!("connection not closed by the server: {e}"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives within `quiet` (used only after a positive check proved that
+    /// anything sent before would already have arrived).
+    pub fn expect_nothing_pending(&mut self) {
+        assert!(
+            self.pending.is_empty(),
+            "unexpected bytes: {:?}",
+            String::from_utf8_lossy(&self.pending)
+        );
+    }
+
+    /// Resets the connection (RST instead of FIN), as a crashed client would.
+    pub fn reset(self) {
+        let socket = socket2::Socket::from(self.stream);
+        socket.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(socket);
+    }
+}
