@@ -1,3 +1,41 @@
+//! mob: a multi-echo server. Every message any connected client sends is relayed to every
+//! connected client, in one total order, over plain TCP, on a single [mio] event loop.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`ServerConfig`] with its documented defaults, and size parsing (`8MiB`).
+//! - [`protocol`]: the wire formats (`raw`, `line`, `frame`) as pure code with no I/O: a
+//!   per-connection [`protocol::Decoder`] splits messages off a buffer in their wire form.
+//! - [`server`]: the event loop. [`Server`] owns the listener, a slab of connections and one
+//!   shared, ordered [`server::Log`] of recent messages; each receiver is a [`server::Cursor`]
+//!   into that log, written with vectored writes.
+//! - [`chat`]: the interactive client behind `mob chat`.
+//! - `main.rs`: the `mob` command line, nothing more.
+//!
+//! # One message, end to end
+//!
+//! A readable event queues the connection; its input is read into the loop's scratch buffer
+//! (bounded per connection and per turn), split into messages without a copy
+//! (`BytesMut::split_to`), and appended to the log. After each poll batch every receiver that is
+//! behind gets one `writev` over the log from its cursor. The log is trimmed to what some
+//! receiver still needs, and to `--max-pending` bytes: a receiver it leaves behind is a slow
+//! consumer. See `docs/ARCHITECTURE.md`.
+//!
+//! # Running one in-process
+//!
+//! ```no_run
+//! use mob::{Server, ServerConfig};
+//!
+//! let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
+//! let server = Server::bind(config)?;
+//! println!("listening on {}", server.local_addr());
+//! let stop = server.shutdown_handle();
+//! std::thread::spawn(move || server.run());
+//! // ... talk to it ...
+//! stop.shutdown();
+//! # Ok::<(), mob::ServerError>(())
+//! ```
+
 pub mod chat;
 pub mod config;
 pub mod protocol;

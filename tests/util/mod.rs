@@ -39,7 +39,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn collect(self, stream: impl Read + Send + 'static) -> thread::JoinHandle<()> {
+    pub fn collect(self, stream: impl Read + Send + 'static) -> thread::JoinHandle<()> {
         thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
@@ -313,6 +313,17 @@ impl Client {
             "unexpected bytes: {:?}",
             String::from_utf8_lossy(&self.pending)
         );
+    }
+
+    /// Reads and discards everything the server sends, on a thread, until it closes: for a
+    /// client that publishes and must not become a slow consumer of its own echoes.
+    pub fn discard_input(&self) {
+        let mut stream = self.stream.try_clone().expect("clone socket");
+        stream.set_read_timeout(None).unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 64 * 1024];
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        });
     }
 
     /// Resets the connection (RST instead of FIN), as a crashed client would.

@@ -1,0 +1,119 @@
+//! The command line: flags, errors a user can make, and `mob chat`.
+
+mod util;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use util::{mob, Output, Server};
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = mob().args(args).output().expect("run mob");
+    assert!(!out.status.success(), "mob {args:?} should fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(needle),
+        "mob {args:?}: expected {needle:?} in:\n{stderr}"
+    );
+}
+
+#[test]
+fn bad_sizes_protocols_and_durations_are_explained() {
+    fails_with(&["serve", "--max-message", "12parsecs"], "unknown unit");
+    fails_with(&["serve", "--max-pending", "lots"], "expected a number");
+    fails_with(
+        &["serve", "--protocol", "http"],
+        "possible values: raw, line, frame",
+    );
+    fails_with(&["serve", "--slow-consumer", "ignore"], "disconnect, drop");
+    fails_with(&["serve", "--idle-timeout", "soon"], "expected seconds");
+    fails_with(
+        &["serve", "--listen", "localhost"],
+        "invalid socket address",
+    );
+}
+
+#[test]
+fn a_port_in_use_is_reported_with_the_address() {
+    let server = Server::start(&[]);
+    let addr = server.addr.to_string();
+    fails_with(
+        &["serve", "--listen", &addr],
+        &format!("cannot listen on {addr}"),
+    );
+}
+
+#[test]
+fn chat_prints_what_others_send_and_sends_what_is_typed() {
+    for protocol in ["line", "frame"] {
+        let server = Server::start(&["--protocol", protocol]);
+        let mut chat = mob()
+            .args(["chat", &server.addr.to_string(), "--protocol", protocol])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mob chat");
+        let printed = Output::default();
+        printed.clone().collect(chat.stdout.take().unwrap());
+        let mut stdin = chat.stdin.take().unwrap();
+        // The chat's own first line proves it is connected before the other client sends.
+        stdin.write_all(b"hello from chat\n").unwrap();
+        printed.wait_for(&["hello from chat"]);
+        let mut other = server.connect();
+        stdin.write_all(b"second\n").unwrap();
+        let frame = protocol == "frame";
+        let from_chat = if frame {
+            other.read_frame()
+        } else {
+            other.read_line()
+        };
+        assert_eq!(from_chat, b"second");
+        if frame {
+            other.send_frame(b"hi from nc");
+        } else {
+            other.send(b"hi from nc\n");
+        }
+        printed.wait_for(&["hi from nc"]);
+        // End of stdin: the chat exits cleanly.
+        drop(stdin);
+        let deadline = std::time::Instant::now() + util::DEADLINE;
+        let status = loop {
+            if let Some(s) = chat.try_wait().unwrap() {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "chat did not exit");
+            util::wait_a_moment();
+        };
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn chat_exits_when_the_server_closes() {
+    let mut server = Server::start(&[]);
+    let mut chat = mob()
+        .args(["chat", &server.addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mob chat");
+    let printed = Output::default();
+    printed.clone().collect(chat.stdout.take().unwrap());
+    let mut stdin = chat.stdin.take().unwrap();
+    stdin.write_all(b"connected\n").unwrap();
+    printed.wait_for(&["connected"]);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    let deadline = std::time::Instant::now() + util::DEADLINE;
+    let status = loop {
+        if let Some(s) = chat.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "chat did not exit");
+        util::wait_a_moment();
+    };
+    assert!(status.success());
+}

@@ -1,0 +1,208 @@
+//! Bounded memory, slow consumers, and the limits on connections and descriptors.
+
+mod util;
+
+use std::os::unix::process::CommandExt;
+use std::sync::mpsc;
+use std::thread;
+
+use util::{Client, Server};
+
+const MIB: u64 = 1 << 20;
+
+/// Connects `n` clients that never read (small receive buffers, so they fall behind soon) and
+/// one that does, and proves all are registered. Returns (readers-to-be, non-readers).
+fn clients(server: &Server, non_readers: usize) -> (Client, Client, Vec<Client>) {
+    let mut stalled: Vec<Client> = (0..non_readers)
+        .map(|_| Client::connect_small_buffer(server.addr))
+        .collect();
+    let mut reader = server.connect();
+    let mut publisher = server.connect();
+    publisher.send(b"ready\n");
+    reader.expect(b"ready\n");
+    publisher.expect(b"ready\n");
+    for c in &mut stalled {
+        c.expect(b"ready\n");
+    }
+    (publisher, reader, stalled)
+}
+
+/// Publishes `total` bytes of numbered lines as fast as the one reader keeps up (never more than
+/// `window` bytes ahead of it, so the reader itself is never a slow consumer), then "END".
+/// Checks the reader got every line, in order; returns the number of lines.
+fn publish_flat_out(publisher: Client, mut reader: Client, total: u64, window: u64) -> u64 {
+    let line_len = 1000u64;
+    let lines = total / line_len;
+    let (progress_tx, progress_rx) = mpsc::channel::<u64>();
+    let reading = thread::spawn(move || {
+        for i in 0..lines {
+            let line = reader.read_line();
+            let want = format!("{i:0>999}");
+            assert!(line == want.as_bytes(), "line {i} lost or out of order");
+            if i % 256 == 0 {
+                let _ = progress_tx.send(i * line_len);
+            }
+        }
+        reader.expect(b"END\n");
+        reader
+    });
+    let mut publisher = publisher;
+    publisher.discard_input();
+    let mut read_up_to = 0u64;
+    let mut batch = Vec::with_capacity(64 * 1024);
+    for i in 0..lines {
+        batch.extend_from_slice(format!("{i:0>999}\n").as_bytes());
+        if batch.len() >= 64 * 1024 || i == lines - 1 {
+            publisher.send(&batch);
+            batch.clear();
+            while (i + 1) * line_len > read_up_to + window {
+                read_up_to = progress_rx.recv().expect("reader stopped");
+            }
+        }
+    }
+    publisher.send(b"END\n");
+    drop(reading.join().expect("reader failed"));
+    drop(publisher);
+    lines
+}
+
+#[test]
+fn slow_consumers_are_disconnected_and_the_others_lose_nothing() {
+    let server = Server::start(&["--max-pending", "1MiB"]);
+    let (publisher, reader, mut stalled) = clients(&server, 10);
+    publish_flat_out(publisher, reader, 32 * MIB, 512 * 1024);
+    for c in &mut stalled {
+        let peer = c.local_addr().to_string();
+        server.log.wait_for(&[&peer, "disconnected: slow consumer"]);
+        c.read_to_close();
+    }
+}
+
+#[test]
+fn slow_consumers_under_drop_skip_ahead_with_whole_messages() {
+    let server = Server::start(&["--max-pending", "1MiB", "--slow-consumer", "drop"]);
+    let (publisher, reader, mut stalled) = clients(&server, 3);
+    let lines = publish_flat_out(publisher, reader, 32 * MIB, 512 * 1024);
+    server.log.wait_for(&["slow consumer", "skipping messages"]);
+    // A stalled client starts reading again: it gets whole lines, in order, with a gap, up to END.
+    let c = &mut stalled[0];
+    let mut last: Option<u64> = None;
+    let mut gaps = 0;
+    loop {
+        let line = c.read_line();
+        if line == b"END" {
+            break;
+        }
+        let n: u64 = std::str::from_utf8(&line)
+            .ok()
+            .filter(|s| s.len() == 999)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("torn line: {:?}", String::from_utf8_lossy(&line)));
+        if let Some(prev) = last {
+            assert!(n > prev, "line {n} after {prev}: out of order");
+            if n > prev + 1 {
+                gaps += 1;
+            }
+        }
+        last = Some(n);
+    }
+    assert!(
+        gaps >= 1,
+        "a client that stopped reading should have missed messages"
+    );
+    assert_eq!(last, Some(lines - 1));
+}
+
+#[test]
+fn clients_that_never_read_do_not_grow_the_server() {
+    let server = Server::start(&["--slow-consumer", "drop"]);
+    let (publisher, reader, stalled) = clients(&server, 1_000);
+    publish_flat_out(publisher, reader, 128 * MIB, 4 * MIB);
+    let peak = server.peak_rss();
+    eprintln!(
+        "peak RSS with 1,000 stalled clients: {:.1} MiB",
+        peak as f64 / MIB as f64
+    );
+    assert!(
+        peak < 32 * MIB + 8 * MIB,
+        "peak RSS {} MiB with 1,000 stalled clients exceeds 32 MiB + --max-pending",
+        peak / MIB
+    );
+    drop(stalled);
+}
+
+#[test]
+fn ten_thousand_idle_clients_fit_in_32_mib() {
+    let server = Server::start(&[]);
+    let mut clients: Vec<Client> = (0..10_000).map(|_| server.connect()).collect();
+    clients.last_mut().unwrap().send(b"ready\n");
+    for c in &mut clients {
+        c.expect(b"ready\n");
+    }
+    let rss = server.rss();
+    eprintln!(
+        "RSS with 10,000 idle clients: {:.1} MiB",
+        rss as f64 / MIB as f64
+    );
+    assert!(
+        rss < 32 * MIB,
+        "RSS {} MiB with 10,000 idle clients",
+        rss / MIB
+    );
+}
+
+#[test]
+fn connections_over_the_limit_are_closed_at_once_and_the_rest_are_served() {
+    let server = Server::start(&["--max-connections", "3"]);
+    let mut ok: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    ok[2].send(b"ready\n");
+    for c in &mut ok {
+        c.expect(b"ready\n");
+    }
+    let mut extra = server.connect();
+    let peer = extra.local_addr().to_string();
+    assert!(extra.read_to_close().is_empty());
+    server
+        .log
+        .wait_for(&[&peer, "rejected", "--max-connections"]);
+    ok[0].send(b"still served\n");
+    for c in &mut ok {
+        c.expect(b"still served\n");
+    }
+}
+
+#[test]
+fn running_out_of_descriptors_is_logged_and_backed_off_not_spun_on() {
+    let mut cmd = util::mob();
+    // SAFETY: setrlimit is async-signal-safe; the child gets a hard limit of 32 descriptors.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 32,
+                rlim_max: 32,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = Server::start_with(cmd, &[]);
+    server.log.wait_for(&["open-files limit is 32"]);
+    let mut clients: Vec<Client> = (0..40).map(|_| server.connect()).collect();
+    server
+        .log
+        .wait_for(&["accept failed", "out of file descriptors"]);
+    // Free descriptors: the server sees these close and the queued connections get accepted.
+    let mut waiting = clients.split_off(30);
+    drop(clients);
+    waiting.last_mut().unwrap().send(b"accepted at last\n");
+    for c in &mut waiting {
+        c.expect(b"accepted at last\n");
+    }
+    let failures = server.log.count("accept failed");
+    assert!(
+        failures < 100,
+        "{failures} accept failures logged: the server spun instead of backing off"
+    );
+}
