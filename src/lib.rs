@@ -36,10 +36,12 @@
 //! # Ok::<(), mob::ServerError>(())
 //! ```
 
+pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod protocol;
 pub mod server;
+mod sys;
 
 pub use config::{ServerConfig, SlowConsumerPolicy};
 pub use protocol::Protocol;

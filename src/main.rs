@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use mob::bench::{BenchConfig, Target};
 use mob::config::parse_size;
 use mob::{Protocol, Server, ServerConfig, SlowConsumerPolicy};
 
@@ -29,6 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Interactive client: stdin lines go to the server, messages received go to stdout.
     Chat(ChatArgs),
+    /// Load generator: publishers and subscribers against mob, Redis or NATS, with checks.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -72,6 +75,39 @@ struct ChatArgs {
     protocol: String,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Server address [default: 127.0.0.1 and the target's usual port: 8000, 6379 or 4222].
+    addr: Option<String>,
+    /// What the server speaks.
+    #[arg(long, default_value = "mob-line", value_parser = ["mob-line", "mob-frame", "mob-raw", "redis", "nats"])]
+    target: String,
+    /// Subscriber connections (each receives every message).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    subscribers: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 1, value_name = "P")]
+    publishers: usize,
+    /// Payload bytes per message (at least 32).
+    #[arg(long, default_value = "64", value_parser = parse_size, value_name = "BYTES")]
+    size: usize,
+    /// Messages per second in total (open loop); 0 publishes as fast as the slowest subscriber keeps up.
+    #[arg(long, default_value_t = 0.0, value_name = "MSGS_PER_SEC")]
+    rate: f64,
+    /// Seconds measured.
+    #[arg(long, default_value = "5", value_parser = parse_secs, value_name = "SECS")]
+    duration: Duration,
+    /// Seconds run before measuring.
+    #[arg(long, default_value = "1", value_parser = parse_secs, value_name = "SECS")]
+    warmup: Duration,
+    /// Closed loop: most messages a publisher may be ahead of its slowest subscriber [default: as many as fit in 1 MiB, 16 to 1000].
+    #[arg(long, value_name = "W")]
+    window: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
@@ -90,6 +126,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Chat(args) => protocol(&args.protocol).and_then(|p| mob::chat::run(&args.addr, p)),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,5 +164,44 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot write to stdout")?;
     drop(stdout);
     server.run()?;
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let target: Target = args.target.parse().map_err(anyhow::Error::msg)?;
+    let config = BenchConfig {
+        addr: args
+            .addr
+            .unwrap_or_else(|| format!("127.0.0.1:{}", target.default_port())),
+        target,
+        subscribers: args.subscribers,
+        publishers: args.publishers,
+        size: args.size,
+        rate: args.rate,
+        duration: args.duration,
+        warmup: args.warmup,
+        window: args
+            .window
+            .unwrap_or_else(|| BenchConfig::default_window(args.size)),
+        progress: !args.json && std::io::stderr().is_terminal(),
+    };
+    let report = mob::bench::run(config)?;
+    let mut stdout = std::io::stdout().lock();
+    let printed = if args.json {
+        writeln!(stdout, "{}", report.to_json())
+    } else {
+        writeln!(stdout, "{report}")
+    };
+    match printed.and_then(|_| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(e).context("cannot write to stdout")
+        }
+        _ => {}
+    }
+    if !report.is_clean() {
+        anyhow::bail!(
+            "the server lost, duplicated or reordered messages, or dropped connections (see the report)"
+        );
+    }
     Ok(())
 }

@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -12,6 +11,7 @@ use super::cursor::{Cursor, Flushed};
 use super::disconnect::DisconnectReason;
 use super::log::Log;
 use crate::protocol::Decoder;
+use crate::sys;
 
 /// Size of a fresh read block. Messages are split off it without a copy, so one block carries
 /// the messages of many reads until every receiver has been sent them.
@@ -104,7 +104,7 @@ impl Connection {
             if buf.capacity() - buf.len() < MIN_READ {
                 buf.reserve(READ_BLOCK);
             }
-            match read_into(&self.socket, buf) {
+            match sys::read_into(&self.socket, buf) {
                 Ok(0) => {
                     while let Some(msg) = self.decoder.decode_eof(&mut self.tail)? {
                         log.append(msg, self.id);
@@ -162,19 +162,4 @@ fn decode_into(
         log.append(msg, origin);
     }
     Ok(())
-}
-
-/// `read(2)` into the spare capacity of `buf`, without zeroing it first.
-fn read_into(socket: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    // SAFETY: read(2) writes at most `spare.len()` bytes into the spare capacity, which is
-    // valid for writes; only the bytes it reports written are then marked initialised.
-    let n = unsafe { libc::read(socket.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    // SAFETY: the kernel initialised `n <= spare.len()` bytes right after the current length.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
 }

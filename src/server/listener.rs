@@ -27,31 +27,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// Raises the soft limit on open files to the hard limit, so thousands of clients work without
-/// the user touching `ulimit`. Returns the limit now in force.
-pub fn raise_open_files_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim = raised;
-    }
-    Ok(lim.rlim_cur)
-}
-
 /// Whether an `accept` error means the process or system ran out of descriptors or memory:
 /// retrying at once would spin, so accepting pauses for a moment instead.
 pub fn is_resource_exhaustion(e: &io::Error) -> bool {

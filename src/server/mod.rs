@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ServerConfig, SlowConsumerPolicy};
 use crate::protocol::Decoder;
+use crate::sys;
 use connection::{Connection, Input};
 pub use cursor::{Cursor, Flushed};
 pub use disconnect::DisconnectReason;
@@ -131,7 +132,7 @@ impl Server {
     /// Binds the listening socket and raises the open-files limit; nothing is served until
     /// [`run`](Self::run).
     pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
-        match listener::raise_open_files_limit() {
+        match sys::raise_open_files_limit() {
             Ok(limit) if (limit as usize) < config.max_connections + 32 => warn!(
                 "open-files limit is {limit}: fewer than --max-connections {} can be served \
                  (raise the hard limit with ulimit -Hn)",

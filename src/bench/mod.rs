@@ -1,0 +1,658 @@
+//! `mob bench`: a load generator for broadcast servers, and the checker of what they deliver.
+//!
+//! Every socket, publishers and subscribers alike, is driven from one mio event loop, so the
+//! bench uses one core and leaves the other to the server. Each payload carries its publisher,
+//! sequence number and send time; every subscriber checks that each publisher's messages arrive
+//! once, in order, and records latency in an HDR histogram.
+//!
+//! Closed loop (`--rate 0`): a publisher is never more than `--window` messages ahead of the
+//! slowest subscriber, so no server is pushed into dropping slow consumers. Open loop
+//! (`--rate R`): R messages per second in total, each stamped with the time it was *due*, so a
+//! server (or bench) that falls behind shows in the latency instead of hiding it.
+
+mod check;
+pub mod payload;
+mod report;
+pub mod target;
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::sys;
+use check::{Arrival, Checker};
+pub use report::Report;
+pub use target::Target;
+
+use payload::{Stamp, SYNC_PUBLISHER};
+use target::Item;
+
+/// Longest wait for every connection and subscription before the clock starts.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the run, longest wait for messages still in flight before counting them lost.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A publisher stops encoding (its messages become late) while this much is unsent.
+const OUT_CAP: usize = 4 << 20;
+/// Read block for the shared scratch buffer.
+const READ_BLOCK: usize = 256 * 1024;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub addr: String,
+    pub target: Target,
+    pub subscribers: usize,
+    pub publishers: usize,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Messages per second in total; 0 is closed loop.
+    pub rate: f64,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Closed loop: most messages a publisher may be ahead of its slowest subscriber.
+    pub window: usize,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl BenchConfig {
+    /// The window used when none is given: as many messages as fit in 1 MiB, 16 to 1000.
+    pub fn default_window(size: usize) -> usize {
+        ((1 << 20) / size.max(1)).clamp(16, 1000)
+    }
+}
+
+/// Runs the bench and returns its report.
+pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
+    if config.size < payload::HEADER_LEN {
+        bail!(
+            "--size must be at least {} bytes (the payload header)",
+            payload::HEADER_LEN
+        );
+    }
+    if config.subscribers == 0 || config.publishers == 0 {
+        bail!("need at least one publisher and one subscriber");
+    }
+    if config.target == Target::MobRaw && config.publishers > 1 {
+        bail!("mob-raw has no message boundaries: chunks of several publishers interleave at any byte, so it takes --publishers 1");
+    }
+    if config.window == 0 {
+        bail!("--window must be at least 1");
+    }
+    if let Err(e) = sys::raise_open_files_limit() {
+        tracing::warn!("cannot raise the open-files limit: {e}");
+    }
+    let addr = resolve(&config.addr)?;
+    let mut bench = Bench::connect(config, addr)?;
+    bench.set_up()?;
+    bench.measure()?;
+    bench.drain()?;
+    Ok(bench.report())
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
+}
+
+/// A connection's part in the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Subscriber(usize),
+    Publisher(usize),
+}
+
+/// One socket of the bench.
+struct Peer {
+    socket: TcpStream,
+    role: Role,
+    /// Unparsed input: an incomplete item left from the last read.
+    tail: BytesMut,
+    /// Encoded but not yet written.
+    out: BytesMut,
+    open: bool,
+}
+
+struct Subscriber {
+    checker: Checker,
+    /// Subscription confirmed (Redis, NATS) or sync message seen (mob).
+    ready: bool,
+}
+
+struct Publisher {
+    /// Messages encoded so far; the next sequence number.
+    sent: u64,
+    /// Closed loop: every subscriber has received everything below this.
+    acked: u64,
+    /// Closed loop: for `seq` in `acked..sent`, `pending[seq % window]` subscribers have not
+    /// received it yet.
+    pending: Vec<u32>,
+}
+
+/// Counters for the measured interval.
+#[derive(Default)]
+struct Measured {
+    published: u64,
+    delivered: u64,
+}
+
+struct Bench {
+    config: BenchConfig,
+    addr: SocketAddr,
+    poll: Poll,
+    peers: Vec<Peer>,
+    subs: Vec<Subscriber>,
+    pubs: Vec<Publisher>,
+    /// Shared read buffer (see the server's read path: the same idea).
+    scratch: BytesMut,
+    /// Nanoseconds from send to receipt.
+    latency: Histogram<u64>,
+    /// When the run's clock started: stamps are nanoseconds since then.
+    epoch: Instant,
+    /// The measured interval, as nanoseconds since `epoch`.
+    window_ns: (u64, u64),
+    /// Whether publishers may still send.
+    publishing: bool,
+    measured: Measured,
+    disconnects: u64,
+    /// Subscribers still connected.
+    live_subs: u32,
+}
+
+impl Bench {
+    fn connect(config: BenchConfig, addr: SocketAddr) -> anyhow::Result<Bench> {
+        let poll = Poll::new()?;
+        let mut peers = Vec::with_capacity(config.subscribers + config.publishers);
+        let roles = (0..config.subscribers)
+            .map(Role::Subscriber)
+            .chain((0..config.publishers).map(Role::Publisher));
+        for role in roles {
+            let std = std::net::TcpStream::connect(addr).with_context(|| {
+                format!("cannot connect to {addr} ({role:?}): is the server running?")
+            })?;
+            std.set_nodelay(true)?;
+            std.set_nonblocking(true)?;
+            let mut socket = TcpStream::from_std(std);
+            let token = Token(peers.len());
+            poll.registry().register(
+                &mut socket,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            let mut out = BytesMut::new();
+            match role {
+                Role::Subscriber(_) => config.target.subscribe(&mut out),
+                Role::Publisher(_) => config.target.greet(&mut out),
+            }
+            peers.push(Peer {
+                socket,
+                role,
+                tail: BytesMut::new(),
+                out,
+                open: true,
+            });
+        }
+        let window = config.window;
+        Ok(Bench {
+            subs: (0..config.subscribers)
+                .map(|_| Subscriber {
+                    checker: Checker::new(config.publishers),
+                    ready: false,
+                })
+                .collect(),
+            pubs: (0..config.publishers)
+                .map(|_| Publisher {
+                    sent: 0,
+                    acked: 0,
+                    pending: vec![0; window],
+                })
+                .collect(),
+            live_subs: config.subscribers as u32,
+            config,
+            addr,
+            poll,
+            peers,
+            scratch: BytesMut::new(),
+            latency: Histogram::new_with_bounds(1_000, 3_600_000_000_000, 3)
+                .expect("valid histogram bounds"),
+            epoch: Instant::now(),
+            window_ns: (0, 0),
+            publishing: false,
+            measured: Measured::default(),
+            disconnects: 0,
+        })
+    }
+
+    /// Waits until every subscriber is known to receive: confirmed subscriptions for Redis and
+    /// NATS; for mob, a sync message from the last publisher (connected after every subscriber)
+    /// that every subscriber must receive.
+    fn set_up(&mut self) -> anyhow::Result<()> {
+        if self.config.target.is_mob() {
+            let last = self.peers.len() - 1;
+            let stamp = Stamp {
+                publisher: SYNC_PUBLISHER,
+                seq: 0,
+                sent_ns: 0,
+            };
+            self.config
+                .target
+                .publish(stamp, self.config.size, &mut self.peers[last].out);
+        }
+        for i in 0..self.peers.len() {
+            self.write(i);
+        }
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        let mut events = Events::with_capacity(4096);
+        loop {
+            let ready = self.subs.iter().filter(|s| s.ready).count();
+            if ready == self.subs.len() {
+                return Ok(());
+            }
+            if self.disconnects > 0 {
+                bail!(
+                    "the server closed {} connections while subscribing",
+                    self.disconnects
+                );
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "only {ready} of {} subscribers confirmed within {SETUP_TIMEOUT:?}",
+                    self.subs.len()
+                );
+            }
+            self.poll_once(&mut events, Some(deadline - now))?;
+        }
+    }
+
+    /// Warm-up, then the measured interval.
+    fn measure(&mut self) -> anyhow::Result<()> {
+        let warmup = self.config.warmup;
+        let total = warmup + self.config.duration;
+        self.epoch = Instant::now();
+        self.window_ns = (warmup.as_nanos() as u64, total.as_nanos() as u64);
+        self.publishing = true;
+        let progress = self.progress_bar(total);
+        let mut events = Events::with_capacity(4096);
+        let mut last_tick = self.epoch;
+        let mut delivered_at_tick = 0;
+        loop {
+            let now = Instant::now();
+            let elapsed = now - self.epoch;
+            if elapsed >= total {
+                break;
+            }
+            if now - last_tick >= Duration::from_millis(200) {
+                let rate = (self.measured.delivered - delivered_at_tick) as f64
+                    / (now - last_tick).as_secs_f64();
+                progress.set_position(elapsed.as_millis() as u64);
+                progress.set_message(if elapsed < warmup {
+                    "warming up".to_string()
+                } else {
+                    format!("{:.2} M deliveries/s", rate / 1e6)
+                });
+                last_tick = now;
+                delivered_at_tick = self.measured.delivered;
+            }
+            self.publish(now);
+            let timeout = self.next_send_in(now).min(total - elapsed);
+            self.poll_once(&mut events, Some(timeout))?;
+        }
+        self.publishing = false;
+        progress.finish_and_clear();
+        Ok(())
+    }
+
+    /// After the run: waits for what is still in flight, so only what never comes is lost.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut events = Events::with_capacity(4096);
+        let sent: Vec<u64> = self.pubs.iter().map(|p| p.sent).collect();
+        loop {
+            let all_in = self
+                .subs
+                .iter()
+                .zip(self.peers.iter())
+                .filter(|(_, peer)| peer.open)
+                .all(|(s, _)| s.checker.has_all(&sent));
+            let now = Instant::now();
+            if all_in || now >= deadline {
+                return Ok(());
+            }
+            self.poll_once(
+                &mut events,
+                Some((deadline - now).min(Duration::from_millis(50))),
+            )?;
+        }
+    }
+
+    fn report(&self) -> Report {
+        let sent: Vec<u64> = self.pubs.iter().map(|p| p.sent).collect();
+        let live = || {
+            self.subs
+                .iter()
+                .zip(self.peers.iter())
+                .filter(|(_, peer)| peer.open)
+                .map(|(s, _)| &s.checker)
+        };
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let h = &self.latency;
+        Report {
+            target: self.config.target.to_string(),
+            addr: self.addr.to_string(),
+            publishers: self.config.publishers,
+            subscribers: self.config.subscribers,
+            size: self.config.size,
+            rate: self.config.rate,
+            window: self.config.window,
+            duration: self.config.duration.as_secs_f64(),
+            published: self.measured.published,
+            delivered: self.measured.delivered,
+            latency_us: [
+                us(h.value_at_quantile(0.5)),
+                us(h.value_at_quantile(0.99)),
+                us(h.value_at_quantile(0.999)),
+                us(h.max()),
+            ],
+            lost: live().map(|c| c.lost(&sent)).sum(),
+            duplicated: live().map(|c| c.duplicated).sum(),
+            out_of_order: live().map(|c| c.out_of_order).sum(),
+            disconnects: self.disconnects,
+        }
+    }
+
+    fn progress_bar(&self, total: Duration) -> ProgressBar {
+        if !self.config.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(total.as_millis() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:30}] {elapsed:>3} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar
+    }
+
+    /// Polls once and handles what it reports.
+    fn poll_once(&mut self, events: &mut Events, timeout: Option<Duration>) -> anyhow::Result<()> {
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e).context("poll failed");
+            }
+        }
+        let now_ns = self.now_ns();
+        for event in events.iter() {
+            let i = event.token().0;
+            if !self.peers[i].open {
+                continue;
+            }
+            if event.is_writable() {
+                self.write(i);
+            }
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                self.read(i, now_ns);
+            }
+        }
+        Ok(())
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Closed loop: how long until the next poll must return anyway (never: acks drive it).
+    /// Open loop: until the next message is due; within a millisecond of it, do not block
+    /// (epoll's timeout has millisecond resolution, which would add its jitter to latency).
+    fn next_send_in(&self, now: Instant) -> Duration {
+        if self.config.rate <= 0.0 {
+            return Duration::from_millis(100);
+        }
+        let per_pub = self.config.rate / self.config.publishers as f64;
+        let next = self
+            .pubs
+            .iter()
+            .map(|p| Duration::from_secs_f64(p.sent as f64 / per_pub))
+            .min()
+            .unwrap_or_default();
+        let wait = (self.epoch + next).saturating_duration_since(now);
+        if wait < Duration::from_millis(1) {
+            Duration::ZERO
+        } else {
+            wait - Duration::from_millis(1)
+        }
+    }
+
+    /// Encodes what each publisher may send now and writes it.
+    fn publish(&mut self, now: Instant) {
+        if !self.publishing {
+            return;
+        }
+        let elapsed_ns = (now - self.epoch).as_nanos() as u64;
+        let (start, end) = self.window_ns;
+        let per_pub = self.config.rate / self.config.publishers as f64;
+        for p in 0..self.pubs.len() {
+            let i = self.config.subscribers + p;
+            if !self.peers[i].open {
+                continue;
+            }
+            loop {
+                let publisher = &mut self.pubs[p];
+                let out = &mut self.peers[i].out;
+                if out.len() >= OUT_CAP {
+                    break;
+                }
+                let due_ns = if per_pub > 0.0 {
+                    let due = (publisher.sent as f64 * 1e9 / per_pub) as u64;
+                    if due > elapsed_ns {
+                        break;
+                    }
+                    due
+                } else {
+                    if publisher.sent - publisher.acked >= self.config.window as u64 {
+                        break;
+                    }
+                    let slot = (publisher.sent % self.config.window as u64) as usize;
+                    publisher.pending[slot] = self.live_subs;
+                    elapsed_ns
+                };
+                let stamp = Stamp {
+                    publisher: p as u32,
+                    seq: publisher.sent,
+                    sent_ns: due_ns,
+                };
+                self.config.target.publish(stamp, self.config.size, out);
+                publisher.sent += 1;
+                if (start..end).contains(&due_ns) {
+                    self.measured.published += 1;
+                }
+            }
+            self.write(i);
+        }
+    }
+
+    /// Writes what is pending for peer `i` until done or `WouldBlock`.
+    fn write(&mut self, i: usize) {
+        let peer = &mut self.peers[i];
+        while !peer.out.is_empty() {
+            match io::Write::write(&mut peer.socket, &peer.out) {
+                Ok(n) => peer.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(i);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads peer `i` until `WouldBlock` and handles every item in it.
+    fn read(&mut self, i: usize, now_ns: u64) {
+        loop {
+            let peer = &mut self.peers[i];
+            let from_scratch = peer.tail.is_empty();
+            let buf = if from_scratch {
+                &mut self.scratch
+            } else {
+                &mut peer.tail
+            };
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(READ_BLOCK);
+            }
+            match sys::read_into(&peer.socket, buf) {
+                Ok(0) => {
+                    self.close(i);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close(i);
+                    return;
+                }
+            }
+            let mut buf = if from_scratch {
+                std::mem::take(&mut self.scratch)
+            } else {
+                std::mem::take(&mut self.peers[i].tail)
+            };
+            let ok = self.handle_input(i, &mut buf, now_ns);
+            if from_scratch {
+                if ok {
+                    self.peers[i].tail.extend_from_slice(&buf);
+                }
+                buf.clear();
+                self.scratch = buf;
+            } else {
+                self.peers[i].tail = buf;
+            }
+            if !ok {
+                self.close(i);
+                return;
+            }
+        }
+    }
+
+    /// Handles every complete item in `buf`, leaving an incomplete one. `false` if the peer
+    /// sent an error or garbage (the error counts as a disconnect).
+    fn handle_input(&mut self, i: usize, buf: &mut BytesMut, now_ns: u64) -> bool {
+        let target = self.config.target;
+        let role = self.peers[i].role;
+        if let Role::Publisher(_) = role {
+            if target.is_mob() {
+                // mob sends publishers what others publish: not what is measured.
+                buf.clear();
+                return true;
+            }
+        }
+        let mut at = 0;
+        loop {
+            match target.parse(&buf[at..]) {
+                Ok(None) => break,
+                Ok(Some((used, item))) => {
+                    match (item, role) {
+                        (Item::Message(r), Role::Subscriber(s)) => {
+                            let payload = &buf[at + r.start..at + r.end];
+                            self.deliver(s, payload, now_ns);
+                        }
+                        (Item::Subscribed, Role::Subscriber(s)) if !target.is_mob() => {
+                            self.subs[s].ready = true;
+                        }
+                        (Item::Ping, _) => target.pong(&mut self.peers[i].out),
+                        _ => {}
+                    }
+                    at += used;
+                }
+                Err(e) => {
+                    tracing::warn!("{role:?}: {e}");
+                    return false;
+                }
+            }
+        }
+        buf.advance(at);
+        if !self.peers[i].out.is_empty() {
+            self.write(i);
+        }
+        true
+    }
+
+    /// One message reached subscriber `s`.
+    fn deliver(&mut self, s: usize, payload: &[u8], now_ns: u64) {
+        let Some(stamp) = payload::read(payload) else {
+            tracing::debug!("subscriber {s}: a payload the bench did not send");
+            return;
+        };
+        if stamp.publisher == SYNC_PUBLISHER {
+            self.subs[s].ready = true;
+            return;
+        }
+        let p = stamp.publisher as usize;
+        if p >= self.pubs.len() {
+            return;
+        }
+        let arrival = self.subs[s].checker.record(p, stamp.seq);
+        if arrival != Arrival::Duplicate && self.config.rate <= 0.0 {
+            self.ack(p, stamp.seq);
+        }
+        let (start, end) = self.window_ns;
+        if (start..end).contains(&now_ns) {
+            self.measured.delivered += 1;
+            let _ = self
+                .latency
+                .record(now_ns.saturating_sub(stamp.sent_ns).max(1_000));
+        }
+    }
+
+    /// Closed loop: one more subscriber has message `seq` of publisher `p`.
+    fn ack(&mut self, p: usize, seq: u64) {
+        let window = self.config.window as u64;
+        let publisher = &mut self.pubs[p];
+        if seq < publisher.acked || seq >= publisher.sent {
+            return;
+        }
+        let slot = &mut publisher.pending[(seq % window) as usize];
+        *slot = slot.saturating_sub(1);
+        while publisher.acked < publisher.sent
+            && publisher.pending[(publisher.acked % window) as usize] == 0
+        {
+            publisher.acked += 1;
+        }
+    }
+
+    fn close(&mut self, i: usize) {
+        let peer = &mut self.peers[i];
+        if !peer.open {
+            return;
+        }
+        peer.open = false;
+        let _ = self.poll.registry().deregister(&mut peer.socket);
+        self.disconnects += 1;
+        tracing::warn!("{:?} was disconnected", peer.role);
+        if let Role::Subscriber(s) = peer.role {
+            self.live_subs -= 1;
+            // It will never acknowledge what it had not received: stop waiting for it.
+            if self.config.rate <= 0.0 {
+                for p in 0..self.pubs.len() {
+                    let from = self.subs[s]
+                        .checker
+                        .next_expected(p)
+                        .max(self.pubs[p].acked);
+                    for seq in from..self.pubs[p].sent {
+                        self.ack(p, seq);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! What a bench run measured, for people (a few aligned lines) and for scripts (one JSON object).
+
+use std::fmt;
+
+use serde_json::json;
+
+/// The figures of one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub target: String,
+    pub addr: String,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub size: usize,
+    /// Messages per second asked for in total; 0 is closed loop.
+    pub rate: f64,
+    pub window: usize,
+    /// Seconds measured (after warm-up).
+    pub duration: f64,
+    /// Messages published during the measured seconds.
+    pub published: u64,
+    /// Deliveries (one message to one subscriber) received during the measured seconds.
+    pub delivered: u64,
+    /// Latency percentiles from send to receipt, in microseconds: p50, p99, p99.9, max.
+    pub latency_us: [f64; 4],
+    /// Over the whole run, checked after it drained: messages a connected subscriber never got.
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    /// Connections the server closed (or that failed) during the run.
+    pub disconnects: u64,
+}
+
+impl Report {
+    pub fn published_per_sec(&self) -> f64 {
+        self.published as f64 / self.duration
+    }
+
+    pub fn delivered_per_sec(&self) -> f64 {
+        self.delivered as f64 / self.duration
+    }
+
+    /// Payload megabytes (10^6) delivered per second.
+    pub fn delivered_mb_per_sec(&self) -> f64 {
+        self.delivered_per_sec() * self.size as f64 / 1e6
+    }
+
+    /// Whether the server relayed everything exactly once, in order, to everyone.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0 && self.disconnects == 0
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "target": self.target,
+            "addr": self.addr,
+            "publishers": self.publishers,
+            "subscribers": self.subscribers,
+            "size": self.size,
+            "rate": self.rate,
+            "window": self.window,
+            "duration_s": self.duration,
+            "published": self.published,
+            "delivered": self.delivered,
+            "published_per_s": self.published_per_sec(),
+            "delivered_per_s": self.delivered_per_sec(),
+            "delivered_mb_per_s": self.delivered_mb_per_sec(),
+            "latency_us": {
+                "p50": self.latency_us[0],
+                "p99": self.latency_us[1],
+                "p999": self.latency_us[2],
+                "max": self.latency_us[3],
+            },
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "out_of_order": self.out_of_order,
+            "disconnects": self.disconnects,
+        })
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = if self.rate > 0.0 {
+            format!("open loop at {} msg/s", self.rate)
+        } else {
+            format!("closed loop, window {}", self.window)
+        };
+        writeln!(
+            f,
+            "{} at {}: {} publishers, {} subscribers, {} B payloads, {mode}, {:.1} s measured",
+            self.target, self.addr, self.publishers, self.subscribers, self.size, self.duration
+        )?;
+        writeln!(f, "published  {:>14.0} msg/s", self.published_per_sec())?;
+        writeln!(
+            f,
+            "delivered  {:>14.0} msg/s  {:>10.1} MB/s",
+            self.delivered_per_sec(),
+            self.delivered_mb_per_sec()
+        )?;
+        let ms = |us: f64| us / 1000.0;
+        writeln!(
+            f,
+            "latency    p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
+            ms(self.latency_us[0]),
+            ms(self.latency_us[1]),
+            ms(self.latency_us[2]),
+            ms(self.latency_us[3])
+        )?;
+        write!(
+            f,
+            "integrity  lost {}  duplicated {}  out of order {}  disconnects {}",
+            self.lost, self.duplicated, self.out_of_order, self.disconnects
+        )
+    }
+}

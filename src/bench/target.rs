@@ -1,0 +1,344 @@
+//! What the bench speaks to each kind of server: mob's three wire formats, Redis pub/sub (RESP)
+//! and NATS. Pure code: bytes to send, and items parsed off the front of what was received.
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+use bytes::{BufMut, BytesMut};
+
+use super::payload::{self, Stamp};
+
+/// The channel (Redis) or subject (NATS) the bench publishes on.
+const CHANNEL: &str = "mob";
+
+/// The kind of server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    MobLine,
+    MobFrame,
+    MobRaw,
+    Redis,
+    Nats,
+}
+
+/// One thing parsed from a server's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A relayed message; the range is its payload within the parsed bytes.
+    Message(Range<usize>),
+    /// The server confirmed a subscription (Redis `subscribe` reply, NATS `PONG` to our `PING`).
+    Subscribed,
+    /// NATS asks whether we are alive: answer with [`Target::pong`].
+    Ping,
+    /// Anything else (greetings, publish acknowledgements).
+    Other,
+}
+
+impl Target {
+    pub const ALL: [Target; 5] = [
+        Target::MobLine,
+        Target::MobFrame,
+        Target::MobRaw,
+        Target::Redis,
+        Target::Nats,
+    ];
+
+    /// Where the server listens unless told otherwise.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Target::MobLine | Target::MobFrame | Target::MobRaw => 8000,
+            Target::Redis => 6379,
+            Target::Nats => 4222,
+        }
+    }
+
+    /// mob relays to every connection: there is no subscription to confirm, and publishers
+    /// receive what others publish.
+    pub fn is_mob(self) -> bool {
+        matches!(self, Target::MobLine | Target::MobFrame | Target::MobRaw)
+    }
+
+    /// Bytes a subscriber sends once connected.
+    pub fn subscribe(self, out: &mut BytesMut) {
+        match self {
+            Target::Redis => resp_command(out, &[b"SUBSCRIBE", CHANNEL.as_bytes()]),
+            Target::Nats => {
+                out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+                out.extend_from_slice(format!("SUB {CHANNEL} 1\r\nPING\r\n").as_bytes());
+            }
+            _ => {}
+        }
+    }
+
+    /// Bytes a publisher sends once connected.
+    pub fn greet(self, out: &mut BytesMut) {
+        if self == Target::Nats {
+            out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+        }
+    }
+
+    /// The answer to a NATS `PING`.
+    pub fn pong(self, out: &mut BytesMut) {
+        out.extend_from_slice(b"PONG\r\n");
+    }
+
+    /// Appends one published message carrying `stamp`, its payload `size` bytes long.
+    pub fn publish(self, stamp: Stamp, size: usize, out: &mut BytesMut) {
+        match self {
+            Target::MobLine | Target::MobRaw => {
+                payload::write(stamp, size, out);
+                out.put_u8(b'\n');
+            }
+            Target::MobFrame => {
+                out.put_u64(size as u64);
+                payload::write(stamp, size, out);
+            }
+            Target::Redis => {
+                out.extend_from_slice(
+                    format!(
+                        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{CHANNEL}\r\n${size}\r\n",
+                        CHANNEL.len()
+                    )
+                    .as_bytes(),
+                );
+                payload::write(stamp, size, out);
+                out.extend_from_slice(b"\r\n");
+            }
+            Target::Nats => {
+                out.extend_from_slice(format!("PUB {CHANNEL} {size}\r\n").as_bytes());
+                payload::write(stamp, size, out);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// Parses the item at the front of `buf`: `Ok(Some((consumed, item)))`, `Ok(None)` when
+    /// more bytes are needed, `Err` when the server sent an error or something unparseable.
+    pub fn parse(self, buf: &[u8]) -> Result<Option<(usize, Item)>, String> {
+        match self {
+            Target::MobLine | Target::MobRaw => Ok(buf
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| (i + 1, Item::Message(0..i)))),
+            Target::MobFrame => {
+                let Some(header) = buf.get(..8) else {
+                    return Ok(None);
+                };
+                let len = u64::from_be_bytes(header.try_into().expect("8 bytes"));
+                let len = usize::try_from(len).map_err(|_| format!("frame of {len} bytes"))?;
+                Ok((buf.len() - 8 >= len).then(|| (8 + len, Item::Message(8..8 + len))))
+            }
+            Target::Redis => parse_resp(buf),
+            Target::Nats => parse_nats(buf),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Target::ALL
+            .into_iter()
+            .find(|t| t.to_string() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown target {s:?} (expected mob-line, mob-frame, mob-raw, redis or nats)"
+                )
+            })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Target::MobLine => "mob-line",
+            Target::MobFrame => "mob-frame",
+            Target::MobRaw => "mob-raw",
+            Target::Redis => "redis",
+            Target::Nats => "nats",
+        })
+    }
+}
+
+fn resp_command(out: &mut BytesMut, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The line at the front of `buf` (without `\r\n`) and the bytes it spans.
+fn line(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let i = buf.windows(2).position(|w| w == b"\r\n")?;
+    Some((&buf[..i], i + 2))
+}
+
+fn number(digits: &[u8]) -> Result<i64, String> {
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad number {:?}", String::from_utf8_lossy(digits)))
+}
+
+/// A RESP value: a pub/sub push (`*3` of bulk strings / an integer), a publish reply
+/// (`:N`), `+OK`, or an error.
+fn parse_resp(buf: &[u8]) -> Result<Option<(usize, Item)>, String> {
+    let Some((first, mut at)) = line(buf) else {
+        return Ok(None);
+    };
+    match first.first() {
+        Some(b':') | Some(b'+') => return Ok(Some((at, Item::Other))),
+        Some(b'-') => return Err(String::from_utf8_lossy(&first[1..]).into_owned()),
+        Some(b'*') => {}
+        _ => {
+            return Err(format!(
+                "unexpected RESP {:?}",
+                String::from_utf8_lossy(first)
+            ))
+        }
+    }
+    let count = number(&first[1..])?;
+    // A push has three parts; only those are looked at, so no allocation per message.
+    let mut parts: [Range<usize>; 3] = [0..0, 0..0, 0..0];
+    for k in 0..usize::try_from(count).unwrap_or(0) {
+        let Some((head, n)) = line(&buf[at..]) else {
+            return Ok(None);
+        };
+        let part = match head.first() {
+            Some(b'$') => {
+                let len = usize::try_from(number(&head[1..])?).map_err(|e| e.to_string())?;
+                let start = at + n;
+                if buf.len() < start + len + 2 {
+                    return Ok(None);
+                }
+                at = start + len + 2;
+                start..start + len
+            }
+            Some(b':') => {
+                let digits = at + 1..at + n - 2;
+                at += n;
+                digits
+            }
+            _ => {
+                return Err(format!(
+                    "unexpected RESP {:?}",
+                    String::from_utf8_lossy(head)
+                ))
+            }
+        };
+        if let Some(slot) = parts.get_mut(k) {
+            *slot = part;
+        }
+    }
+    let item = match (&buf[parts[0].clone()], count) {
+        (b"message", 3) => Item::Message(parts[2].clone()),
+        (b"subscribe", _) => Item::Subscribed,
+        _ => Item::Other,
+    };
+    Ok(Some((at, item)))
+}
+
+/// A NATS protocol operation: `MSG`, `PING`, `PONG`, `+OK`, `INFO`, or `-ERR`.
+fn parse_nats(buf: &[u8]) -> Result<Option<(usize, Item)>, String> {
+    let Some((op, n)) = line(buf) else {
+        return Ok(None);
+    };
+    if let Some(args) = op.strip_prefix(b"MSG ") {
+        // MSG <subject> <sid> [reply-to] <#bytes>
+        let len_field = args.rsplit(|&b| b == b' ').next().unwrap_or_default();
+        let len = usize::try_from(number(len_field)?).map_err(|e| e.to_string())?;
+        if buf.len() < n + len + 2 {
+            return Ok(None);
+        }
+        return Ok(Some((n + len + 2, Item::Message(n..n + len))));
+    }
+    let item = match op {
+        b"PING" => Item::Ping,
+        b"PONG" => Item::Subscribed,
+        _ if op.starts_with(b"-ERR") => return Err(String::from_utf8_lossy(op).into_owned()),
+        _ => Item::Other,
+    };
+    Ok(Some((n, item)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp() -> Stamp {
+        Stamp {
+            publisher: 3,
+            seq: 42,
+            sent_ns: 7,
+        }
+    }
+
+    #[test]
+    fn mob_formats_parse_what_they_publish() {
+        for t in [Target::MobLine, Target::MobFrame, Target::MobRaw] {
+            let mut out = BytesMut::new();
+            t.publish(stamp(), 40, &mut out);
+            let (used, item) = t.parse(&out).unwrap().unwrap();
+            assert_eq!(used, out.len());
+            let Item::Message(r) = item else {
+                panic!("{item:?}")
+            };
+            assert_eq!(payload::read(&out[r]), Some(stamp()));
+            assert_eq!(t.parse(&out[..out.len() - 1]).unwrap(), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn redis_pushes_and_replies_parse() {
+        let push = b"*3\r\n$7\r\nmessage\r\n$3\r\nmob\r\n$5\r\nhello\r\n";
+        let (used, item) = parse_resp(push).unwrap().unwrap();
+        assert_eq!(used, push.len());
+        assert_eq!(item, Item::Message(push.len() - 7..push.len() - 2));
+        assert_eq!(parse_resp(&push[..push.len() - 1]).unwrap(), None);
+        let sub = b"*3\r\n$9\r\nsubscribe\r\n$3\r\nmob\r\n:1\r\n";
+        assert_eq!(
+            parse_resp(sub).unwrap(),
+            Some((sub.len(), Item::Subscribed))
+        );
+        assert_eq!(parse_resp(b":12\r\n").unwrap(), Some((5, Item::Other)));
+        assert!(parse_resp(b"-ERR wrong\r\n").unwrap_err().contains("wrong"));
+    }
+
+    #[test]
+    fn nats_operations_parse() {
+        let msg = b"MSG mob 1 5\r\nhello\r\nPING\r\n";
+        assert_eq!(parse_nats(msg).unwrap(), Some((20, Item::Message(13..18))));
+        assert_eq!(parse_nats(&msg[20..]).unwrap(), Some((6, Item::Ping)));
+        assert_eq!(parse_nats(b"MSG mob 1 5\r\nhel").unwrap(), None);
+        assert_eq!(
+            parse_nats(b"PONG\r\n").unwrap(),
+            Some((6, Item::Subscribed))
+        );
+        assert_eq!(parse_nats(b"INFO {}\r\n").unwrap(), Some((9, Item::Other)));
+        assert!(parse_nats(b"-ERR 'Slow Consumer'\r\n").is_err());
+    }
+
+    #[test]
+    fn redis_and_nats_publish_well_formed_commands() {
+        let mut out = BytesMut::new();
+        Target::Redis.publish(stamp(), 32, &mut out);
+        assert!(out.starts_with(b"*3\r\n$7\r\nPUBLISH\r\n$3\r\nmob\r\n$32\r\n"));
+        assert!(out.ends_with(b"\r\n"));
+        let mut out = BytesMut::new();
+        Target::Nats.publish(stamp(), 32, &mut out);
+        assert!(out.starts_with(b"PUB mob 32\r\n"));
+        assert_eq!(out.len(), 12 + 32 + 2);
+    }
+
+    #[test]
+    fn targets_parse_by_name() {
+        for t in Target::ALL {
+            assert_eq!(t.to_string().parse::<Target>(), Ok(t));
+        }
+        assert!("kafka".parse::<Target>().is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! The few system calls mob makes itself rather than through mio or socket2.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use bytes::BytesMut;
+
+/// `read(2)` into the spare capacity of `buf`, without zeroing it first, and extends `buf` by
+/// what was read. `Ok(0)` is end of stream (or no spare capacity: callers reserve first).
+pub fn read_into(socket: &impl AsRawFd, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: read(2) writes at most `spare.len()` bytes into the spare capacity, which is
+    // valid for writes; only the bytes it reports written are then marked initialised.
+    let n = unsafe { libc::read(socket.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised `n <= spare.len()` bytes right after the current length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Raises the soft limit on open files to the hard limit, so thousands of sockets work without
+/// the user touching `ulimit`. Returns the limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(lim.rlim_cur)
+}
