@@ -36,8 +36,10 @@ use target::Item;
 
 /// Longest wait for every connection and subscription before the clock starts.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// After the run, longest wait for messages still in flight before counting them lost.
+/// After the run, longest wait for messages still in flight before counting them lost...
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...and the wait once nothing arrives any more (a server that lost messages).
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
 /// A publisher stops encoding (its messages become late) while this much is unsent.
 const OUT_CAP: usize = 4 << 20;
 /// Read block for the shared scratch buffer.
@@ -317,6 +319,7 @@ impl Bench {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         let mut events = Events::with_capacity(4096);
         let sent: Vec<u64> = self.pubs.iter().map(|p| p.sent).collect();
+        let mut last_arrival = Instant::now();
         loop {
             let all_in = self
                 .subs
@@ -325,13 +328,13 @@ impl Bench {
                 .filter(|(_, peer)| peer.open)
                 .all(|(s, _)| s.checker.has_all(&sent));
             let now = Instant::now();
-            if all_in || now >= deadline {
+            if all_in || now >= deadline || now - last_arrival >= DRAIN_QUIET {
                 return Ok(());
             }
-            self.poll_once(
-                &mut events,
-                Some((deadline - now).min(Duration::from_millis(50))),
-            )?;
+            self.poll_once(&mut events, Some(Duration::from_millis(50)))?;
+            if !events.is_empty() {
+                last_arrival = Instant::now();
+            }
         }
     }
 

@@ -1,0 +1,229 @@
+//! `mob bench` against real servers: mob in every protocol, Redis and NATS, and a relay that
+//! loses and reorders on purpose (the checker must be able to fail).
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use serde_json::Value;
+use util::{mob, Output, Server};
+
+/// Runs a short `mob bench --json` and returns its exit success and report.
+fn bench(addr: SocketAddr, target: &str, extra: &[&str]) -> (bool, Value) {
+    let out = mob()
+        .args(["bench", &addr.to_string(), "--target", target])
+        .args([
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--subscribers",
+            "20",
+            "--json",
+        ])
+        .args(extra)
+        .output()
+        .expect("run mob bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+fn assert_clean(ok: bool, report: &Value) {
+    for field in ["lost", "duplicated", "out_of_order", "disconnects"] {
+        assert_eq!(report[field], 0, "{field} in {report}");
+    }
+    assert!(
+        report["delivered"].as_u64().unwrap() > 0,
+        "nothing delivered: {report}"
+    );
+    assert!(ok, "bench failed: {report}");
+}
+
+#[test]
+fn bench_finds_no_loss_against_mob_in_every_protocol() {
+    for (protocol, publishers) in [("line", "3"), ("frame", "3"), ("raw", "1")] {
+        let server = Server::start(&["--protocol", protocol, "--no-echo-self"]);
+        let target = format!("mob-{protocol}");
+        let (ok, report) = bench(server.addr, &target, &["--publishers", publishers]);
+        assert_clean(ok, &report);
+        // Open loop too: every message scheduled was delivered to all 20 subscribers.
+        let (ok, report) = bench(
+            server.addr,
+            &target,
+            &["--publishers", publishers, "--rate", "2000"],
+        );
+        assert_clean(ok, &report);
+    }
+}
+
+#[test]
+fn bench_checker_reports_loss_and_reordering() {
+    let addr = faulty_relay();
+    let (ok, report) = bench(addr, "mob-line", &["--rate", "1000"]);
+    assert!(!ok, "the bench must fail against a lossy server: {report}");
+    assert_eq!(
+        report["lost"], 20,
+        "one message lost for each subscriber: {report}"
+    );
+    assert_eq!(
+        report["out_of_order"], 20,
+        "one swap seen by each subscriber: {report}"
+    );
+    assert_eq!(
+        report["duplicated"], 20,
+        "one repeat seen by each subscriber: {report}"
+    );
+}
+
+#[test]
+fn bench_finds_no_loss_against_redis() {
+    let Some(peer) = Peer::start(
+        "redis-server",
+        |port| {
+            vec![
+                "--port".into(),
+                port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "no".into(),
+            ]
+        },
+        "Ready to accept connections",
+    ) else {
+        return;
+    };
+    let (ok, report) = bench(peer.addr, "redis", &["--publishers", "2"]);
+    assert_clean(ok, &report);
+}
+
+#[test]
+fn bench_finds_no_loss_against_nats() {
+    let Some(peer) = Peer::start(
+        "nats-server",
+        |port| {
+            vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ]
+        },
+        "Server is ready",
+    ) else {
+        return;
+    };
+    let (ok, report) = bench(peer.addr, "nats", &["--publishers", "2"]);
+    assert_clean(ok, &report);
+}
+
+/// A peer server (Redis, NATS) on a free loopback port, killed when dropped.
+struct Peer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Peer {
+    /// Starts `program` and waits for its ready line. Without the program installed this
+    /// returns `None` (the test passes vacuously, saying so) unless `CI` is set, where `.ci/run`
+    /// installs it and its absence is a failure.
+    fn start(program: &str, args: impl Fn(u16) -> Vec<String>, ready: &str) -> Option<Peer> {
+        if Command::new(program).arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{program} is not installed (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED: {program} is not installed (apt-get install {program})");
+            return None;
+        }
+        let port = free_port();
+        let mut child = Command::new(program)
+            .args(args(port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        let log = Output::default();
+        log.clone().collect(child.stdout.take().unwrap());
+        log.clone().collect(child.stderr.take().unwrap());
+        log.wait_for(&[ready]);
+        Some(Peer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A line relay that swaps the 100th and 101st messages, loses the 200th and sends the 300th
+/// twice (the bench's sync message, publisher id ffffffff, always goes through).
+fn faulty_relay() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clients: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let count = Arc::new(AtomicU64::new(0));
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            clients.lock().unwrap().push(stream.try_clone().unwrap());
+            let (clients, count) = (Arc::clone(&clients), Arc::clone(&count));
+            thread::spawn(move || {
+                let broadcast = |line: &[u8]| {
+                    for c in clients.lock().unwrap().iter_mut() {
+                        let _ = c.write_all(line);
+                    }
+                };
+                let mut held = None;
+                for line in BufReader::new(stream).split(b'\n') {
+                    let Ok(mut line) = line else { break };
+                    line.push(b'\n');
+                    if line.starts_with(b"ffffffff") {
+                        broadcast(&line);
+                        continue;
+                    }
+                    match count.fetch_add(1, Ordering::SeqCst) {
+                        100 => held = Some(line),
+                        101 => {
+                            broadcast(&line);
+                            broadcast(&held.take().unwrap());
+                        }
+                        200 => {}
+                        300 => {
+                            broadcast(&line);
+                            broadcast(&line);
+                        }
+                        _ => broadcast(&line),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
