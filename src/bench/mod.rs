@@ -145,6 +145,8 @@ struct Publisher {
 struct Measured {
     published: u64,
     delivered: u64,
+    /// Deliveries at any time, warm-up and drain included.
+    delivered_total: u64,
 }
 
 struct Bench {
@@ -360,6 +362,7 @@ impl Bench {
             duration: self.config.duration.as_secs_f64(),
             published: self.measured.published,
             delivered: self.measured.delivered,
+            delivered_total: self.measured.delivered_total,
             latency_us: [
                 us(h.value_at_quantile(0.5)),
                 us(h.value_at_quantile(0.99)),
@@ -608,6 +611,7 @@ impl Bench {
         if arrival != Arrival::Duplicate && self.config.rate <= 0.0 {
             self.ack(p, stamp.seq);
         }
+        self.measured.delivered_total += 1;
         let (start, end) = self.window_ns;
         if (start..end).contains(&now_ns) {
             self.measured.delivered += 1;

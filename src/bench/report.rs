@@ -21,6 +21,8 @@ pub struct Report {
     pub published: u64,
     /// Deliveries (one message to one subscriber) received during the measured seconds.
     pub delivered: u64,
+    /// Deliveries over the whole run, warm-up and drain included (to divide server CPU by).
+    pub delivered_total: u64,
     /// Latency percentiles from send to receipt, in microseconds: p50, p99, p99.9, max.
     pub latency_us: [f64; 4],
     /// Over the whole run, checked after it drained: messages a connected subscriber never got.
@@ -62,6 +64,7 @@ impl Report {
             "duration_s": self.duration,
             "published": self.published,
             "delivered": self.delivered,
+            "delivered_total": self.delivered_total,
             "published_per_s": self.published_per_sec(),
             "delivered_per_s": self.delivered_per_sec(),
             "delivered_mb_per_s": self.delivered_mb_per_sec(),

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Side by side: mob against ncat --broker, Redis pub/sub and NATS on workloads W1-W5.
+# Installs what is missing (Debian packages), builds mob, runs every server on loopback pinned to
+# CPU 0 with the load generator on CPU 1, and writes docs/BENCHMARKS.md's table and plot inputs.
+#
+#   bench/compare.sh                  # full run: 3 rounds, 5 s measured each
+#   bench/compare.sh --rounds 1 --duration 2 --workloads W1,W3 --servers mob-line,redis
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for tool in ncat:ncat redis-server:redis-server nats-server:nats-server taskset:util-linux; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+done
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+cargo build --release --quiet
+exec python3 bench/compare.py "$@"
