@@ -33,8 +33,8 @@ SERVERS = {
     "redis": (lambda p: ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
                          "--appendonly", "no", "--maxclients", "20000", "--loglevel", "warning"], "redis"),
     "nats": (lambda p: ["nats-server", "-a", "127.0.0.1", "-p", str(p)], "nats"),
-    "mob-line": (lambda p: [MOB, "serve", "--listen", f"127.0.0.1:{p}", "--protocol", "line", "--no-echo-self"], "mob-line"),
-    "mob-frame": (lambda p: [MOB, "serve", "--listen", f"127.0.0.1:{p}", "--protocol", "frame", "--no-echo-self"], "mob-frame"),
+    "mob-line": (lambda p: [MOB, "serve", "--listen", f"127.0.0.1:{p}", "--protocol", "line", "--no-echo-self", "--max-connections", "20000"], "mob-line"),
+    "mob-frame": (lambda p: [MOB, "serve", "--listen", f"127.0.0.1:{p}", "--protocol", "frame", "--no-echo-self", "--max-connections", "20000"], "mob-frame"),
 }
 PEERS = ["ncat", "redis", "nats"]
 MOBS = ["mob-line", "mob-frame"]

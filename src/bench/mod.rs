@@ -417,25 +417,30 @@ impl Bench {
     }
 
     /// Closed loop: how long until the next poll must return anyway (never: acks drive it).
-    /// Open loop: until the next message is due; within a millisecond of it, do not block
-    /// (epoll's timeout has millisecond resolution, which would add its jitter to latency).
+    /// Open loop: until the next message is due, in whole milliseconds and one short, since
+    /// epoll rounds a timeout up to the next millisecond; within 2 ms of it, do not block at
+    /// all, so sends leave on time and the bench's own lateness stays out of the latency.
     fn next_send_in(&self, now: Instant) -> Duration {
         if self.config.rate <= 0.0 {
             return Duration::from_millis(100);
         }
-        let per_pub = self.config.rate / self.config.publishers as f64;
-        let next = self
-            .pubs
-            .iter()
-            .map(|p| Duration::from_secs_f64(p.sent as f64 / per_pub))
+        let next = (0..self.pubs.len())
+            .map(|p| self.due(p, self.pubs[p].sent))
             .min()
             .unwrap_or_default();
         let wait = (self.epoch + next).saturating_duration_since(now);
-        if wait < Duration::from_millis(1) {
-            Duration::ZERO
-        } else {
-            wait - Duration::from_millis(1)
+        match wait.as_millis() {
+            0 | 1 => Duration::ZERO,
+            ms => Duration::from_millis(ms as u64 - 1),
         }
+    }
+
+    /// Open loop: when message `seq` of publisher `p` is due, since the run began. Publishers
+    /// are staggered so that together they send evenly spaced, not in bursts.
+    fn due(&self, p: usize, seq: u64) -> Duration {
+        let per_pub = self.config.rate / self.config.publishers as f64;
+        let offset = p as f64 / self.config.publishers as f64;
+        Duration::from_secs_f64((seq as f64 + offset) / per_pub)
     }
 
     /// Encodes what each publisher may send now and writes it.
@@ -445,20 +450,20 @@ impl Bench {
         }
         let elapsed_ns = (now - self.epoch).as_nanos() as u64;
         let (start, end) = self.window_ns;
-        let per_pub = self.config.rate / self.config.publishers as f64;
+        let open_loop = self.config.rate > 0.0;
         for p in 0..self.pubs.len() {
             let i = self.config.subscribers + p;
             if !self.peers[i].open {
                 continue;
             }
             loop {
+                let due = open_loop.then(|| self.due(p, self.pubs[p].sent).as_nanos() as u64);
                 let publisher = &mut self.pubs[p];
                 let out = &mut self.peers[i].out;
                 if out.len() >= OUT_CAP {
                     break;
                 }
-                let due_ns = if per_pub > 0.0 {
-                    let due = (publisher.sent as f64 * 1e9 / per_pub) as u64;
+                let due_ns = if let Some(due) = due {
                     if due > elapsed_ns {
                         break;
                     }
