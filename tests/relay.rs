@@ -211,6 +211,25 @@ fn a_thousand_concurrent_clients_all_receive_every_message() {
     }
 }
 
+/// With thousands of receivers a flush round spans several turns of the loop; messages that
+/// arrive meanwhile must still reach the receivers the round already passed, with no further
+/// event to prompt it.
+#[test]
+fn messages_arriving_during_a_long_flush_round_reach_everyone() {
+    let server = Server::start(&[]);
+    let mut clients: Vec<Client> = (0..3_000).map(|_| server.connect()).collect();
+    sync(&mut clients);
+    for i in 0..20 {
+        clients[0].send(format!("burst {i}\n").as_bytes());
+    }
+    let expected: Vec<u8> = (0..20)
+        .flat_map(|i| format!("burst {i}\n").into_bytes())
+        .collect();
+    for c in &mut clients {
+        c.expect(&expected);
+    }
+}
+
 /// Makes sure every client is registered: the last one to connect sends a line and all wait
 /// for it (the server only relays to connected clients, so this proves each one is).
 fn sync(clients: &mut [Client]) {

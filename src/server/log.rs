@@ -25,6 +25,8 @@ pub struct Log {
     first_seq: u64,
     /// Sum of the held messages' lengths: what `--max-pending` bounds.
     bytes: usize,
+    /// Bytes ever appended, so the loop can tell how much arrived since it last flushed.
+    appended: u64,
 }
 
 impl Log {
@@ -47,8 +49,14 @@ impl Log {
         self.bytes
     }
 
+    /// Bytes ever appended.
+    pub fn appended(&self) -> u64 {
+        self.appended
+    }
+
     pub fn append(&mut self, bytes: Bytes, origin: u64) {
         self.bytes += bytes.len();
+        self.appended += bytes.len() as u64;
         self.entries.push_back(Entry { bytes, origin });
     }
 
