@@ -117,10 +117,9 @@ impl Target {
     /// more bytes are needed, `Err` when the server sent an error or something unparseable.
     pub fn parse(self, buf: &[u8]) -> Result<Option<(usize, Item)>, String> {
         match self {
-            Target::MobLine | Target::MobRaw => Ok(buf
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|i| (i + 1, Item::Message(0..i)))),
+            Target::MobLine | Target::MobRaw => {
+                Ok(memchr::memchr(b'\n', buf).map(|i| (i + 1, Item::Message(0..i))))
+            }
             Target::MobFrame => {
                 let Some(header) = buf.get(..8) else {
                     return Ok(None);
@@ -173,8 +172,10 @@ fn resp_command(out: &mut BytesMut, args: &[&[u8]]) {
 
 /// The line at the front of `buf` (without `\r\n`) and the bytes it spans.
 fn line(buf: &[u8]) -> Option<(&[u8], usize)> {
-    let i = buf.windows(2).position(|w| w == b"\r\n")?;
-    Some((&buf[..i], i + 2))
+    // Both protocols end every line with \r\n and never put a bare \n inside one.
+    let i = memchr::memchr(b'\n', buf)?;
+    let line = buf[..i].strip_suffix(b"\r")?;
+    Some((line, i + 1))
 }
 
 fn number(digits: &[u8]) -> Result<i64, String> {

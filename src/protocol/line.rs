@@ -18,7 +18,7 @@ pub(super) fn decode(
     max: usize,
     scanned: &mut usize,
 ) -> Result<Option<Bytes>, ProtocolError> {
-    match memchr_newline(&buf[*scanned..]) {
+    match memchr::memchr(b'\n', &buf[*scanned..]) {
         Some(i) => {
             let end = *scanned + i;
             *scanned = 0;
@@ -42,10 +42,4 @@ fn too_large(len: usize, max: usize) -> ProtocolError {
         len: len as u64,
         max,
     }
-}
-
-/// Position of the first `\n`. The standard library's `position` is vectorised well enough for
-/// the line lengths we see; a dedicated crate (memchr) is not worth a dependency here.
-fn memchr_newline(haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == b'\n')
 }
