@@ -10,14 +10,16 @@
 //!   shared, ordered [`server::Log`] of recent messages; each receiver is a [`server::Cursor`]
 //!   into that log, written with vectored writes.
 //! - [`chat`]: the interactive client behind `mob chat`.
+//! - [`bench`]: the load generator and checker behind `mob bench` (mob, Redis and NATS).
 //! - `main.rs`: the `mob` command line, nothing more.
 //!
 //! # One message, end to end
 //!
 //! A readable event queues the connection; its input is read into the loop's scratch buffer
 //! (bounded per connection and per turn), split into messages without a copy
-//! (`BytesMut::split_to`), and appended to the log. After each poll batch every receiver that is
-//! behind gets one `writev` over the log from its cursor. The log is trimmed to what some
+//! (`BytesMut::split_to`), and appended to the log. Flush rounds then give every receiver that is
+//! behind one `writev` over the log from its cursor (small rounds wait a moment to carry more;
+//! long rounds are spread over several turns). After each round the log is trimmed to what some
 //! receiver still needs, and to `--max-pending` bytes: a receiver it leaves behind is a slow
 //! consumer. See `docs/ARCHITECTURE.md`.
 //!

@@ -3,8 +3,8 @@
 mod util;
 
 use std::io::Write;
-use std::process::Stdio;
-use std::time::Duration;
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use util::{mob, Output, Server};
 
@@ -48,16 +48,7 @@ fn a_port_in_use_is_reported_with_the_address() {
 fn chat_prints_what_others_send_and_sends_what_is_typed() {
     for protocol in ["line", "frame"] {
         let server = Server::start(&["--protocol", protocol]);
-        let mut chat = mob()
-            .args(["chat", &server.addr.to_string(), "--protocol", protocol])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mob chat");
-        let printed = Output::default();
-        printed.clone().collect(chat.stdout.take().unwrap());
-        let mut stdin = chat.stdin.take().unwrap();
+        let (mut chat, printed, mut stdin) = chat(&server, protocol);
         // The chat's own first line proves it is connected before the other client sends.
         stdin.write_all(b"hello from chat\n").unwrap();
         printed.wait_for(&["hello from chat"]);
@@ -78,23 +69,25 @@ fn chat_prints_what_others_send_and_sends_what_is_typed() {
         printed.wait_for(&["hi from nc"]);
         // End of stdin: the chat exits cleanly.
         drop(stdin);
-        let deadline = std::time::Instant::now() + util::DEADLINE;
-        let status = loop {
-            if let Some(s) = chat.try_wait().unwrap() {
-                break s;
-            }
-            assert!(std::time::Instant::now() < deadline, "chat did not exit");
-            util::wait_a_moment();
-        };
-        assert!(status.success());
+        assert!(wait_exit(&mut chat).success());
     }
 }
 
 #[test]
 fn chat_exits_when_the_server_closes() {
     let mut server = Server::start(&[]);
+    let (mut chat, printed, mut stdin) = chat(&server, "line");
+    stdin.write_all(b"connected\n").unwrap();
+    printed.wait_for(&["connected"]);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    assert!(wait_exit(&mut chat).success());
+}
+
+/// Starts `mob chat` against `server`: the process, what it prints, and its stdin.
+fn chat(server: &Server, protocol: &str) -> (Child, Output, ChildStdin) {
     let mut chat = mob()
-        .args(["chat", &server.addr.to_string()])
+        .args(["chat", &server.addr.to_string(), "--protocol", protocol])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -102,18 +95,17 @@ fn chat_exits_when_the_server_closes() {
         .expect("start mob chat");
     let printed = Output::default();
     printed.clone().collect(chat.stdout.take().unwrap());
-    let mut stdin = chat.stdin.take().unwrap();
-    stdin.write_all(b"connected\n").unwrap();
-    printed.wait_for(&["connected"]);
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit(Duration::from_secs(10)).success());
-    let deadline = std::time::Instant::now() + util::DEADLINE;
-    let status = loop {
-        if let Some(s) = chat.try_wait().unwrap() {
-            break s;
+    let stdin = chat.stdin.take().unwrap();
+    (chat, printed, stdin)
+}
+
+fn wait_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + util::DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
         }
-        assert!(std::time::Instant::now() < deadline, "chat did not exit");
+        assert!(Instant::now() < deadline, "mob chat did not exit");
         util::wait_a_moment();
-    };
-    assert!(status.success());
+    }
 }

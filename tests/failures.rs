@@ -14,6 +14,22 @@ fn connected(server: &Server, n: usize) -> Vec<Client> {
     clients
 }
 
+/// A well-behaved and a soon-to-misbehave frame client, both registered; and the latter's
+/// address, to find its log line.
+fn frame_pair(server: &Server) -> (Client, Client, String) {
+    let mut good = server.connect();
+    let mut bad = server.connect();
+    bad.send_frame(b"ready");
+    assert_eq!(good.read_frame(), b"ready");
+    let peer = bad.local_addr().to_string();
+    (good, bad, peer)
+}
+
+fn frame_still_relaying(good: &mut Client) {
+    good.send_frame(b"after");
+    assert_eq!(good.read_frame(), b"after");
+}
+
 /// The survivors still relay to each other, in order, after the failure.
 fn still_relaying(clients: &mut [Client]) {
     clients[0].send(b"still here\n");
@@ -43,34 +59,24 @@ fn an_oversized_line_disconnects_only_its_sender() {
 #[test]
 fn an_oversized_frame_disconnects_only_its_sender() {
     let server = Server::start(&["--protocol", "frame", "--max-message", "1KiB"]);
-    let mut good = server.connect();
-    let mut bad = server.connect();
-    bad.send_frame(b"ready");
-    assert_eq!(good.read_frame(), b"ready");
-    let peer = bad.local_addr().to_string();
+    let (mut good, mut bad, peer) = frame_pair(&server);
     // A header announcing 2 KiB; the payload never needs to arrive.
     bad.send(&2048u64.to_be_bytes());
     bad.read_to_close();
     server
         .log
         .wait_for(&[&peer, "protocol error", "2048 bytes"]);
-    good.send_frame(b"after");
-    assert_eq!(good.read_frame(), b"after");
+    frame_still_relaying(&mut good);
 }
 
 #[test]
 fn garbage_length_prefixes_close_that_client_only() {
     let server = Server::start(&["--protocol", "frame"]);
-    let mut good = server.connect();
-    let mut bad = server.connect();
-    bad.send_frame(b"ready");
-    assert_eq!(good.read_frame(), b"ready");
-    let peer = bad.local_addr().to_string();
+    let (mut good, mut bad, peer) = frame_pair(&server);
     bad.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     bad.read_to_close();
     server.log.wait_for(&[&peer, "protocol error"]);
-    good.send_frame(b"after");
-    assert_eq!(good.read_frame(), b"after");
+    frame_still_relaying(&mut good);
 }
 
 #[test]
@@ -91,35 +97,25 @@ fn a_reset_mid_line_closes_that_client_and_its_partial_line_is_not_relayed() {
 #[test]
 fn a_reset_mid_frame_closes_that_client_only() {
     let server = Server::start(&["--protocol", "frame"]);
-    let mut good = server.connect();
-    let mut bad = server.connect();
-    bad.send_frame(b"ready");
-    assert_eq!(good.read_frame(), b"ready");
-    let peer = bad.local_addr().to_string();
+    let (mut good, mut bad, peer) = frame_pair(&server);
     bad.send(&100u64.to_be_bytes());
     bad.send(b"only part of it");
     bad.reset();
     server.log.wait_for(&[&peer, "disconnected"]);
-    good.send_frame(b"after");
-    assert_eq!(good.read_frame(), b"after");
+    frame_still_relaying(&mut good);
 }
 
 #[test]
 fn a_frame_cut_short_by_a_clean_close_is_reported_and_not_relayed() {
     let server = Server::start(&["--protocol", "frame"]);
-    let mut good = server.connect();
-    let mut bad = server.connect();
-    bad.send_frame(b"ready");
-    assert_eq!(good.read_frame(), b"ready");
-    let peer = bad.local_addr().to_string();
+    let (mut good, mut bad, peer) = frame_pair(&server);
     bad.send(&100u64.to_be_bytes());
     bad.send(b"only part of it");
     bad.stream.shutdown(std::net::Shutdown::Write).unwrap();
     server
         .log
         .wait_for(&[&peer, "stream ended inside a message (23 of 108 bytes"]);
-    good.send_frame(b"after");
-    assert_eq!(good.read_frame(), b"after");
+    frame_still_relaying(&mut good);
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub use target::Target;
 use payload::{Stamp, SYNC_PUBLISHER};
 use target::Item;
 
+/// Longest wait for one connection: a server whose accept queue is full makes the kernel
+/// retry the handshake for minutes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for every connection and subscription before the clock starts.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the run, longest wait for messages still in flight before counting them lost...
@@ -180,9 +183,13 @@ impl Bench {
             .map(Role::Subscriber)
             .chain((0..config.publishers).map(Role::Publisher));
         for role in roles {
-            let std = std::net::TcpStream::connect(addr).with_context(|| {
-                format!("cannot connect to {addr} ({role:?}): is the server running?")
-            })?;
+            let std = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+                .with_context(|| {
+                    format!(
+                        "cannot connect to {addr} ({role:?}, after {} connections): is the server running and accepting?",
+                        peers.len()
+                    )
+                })?;
             std.set_nodelay(true)?;
             std.set_nonblocking(true)?;
             let mut socket = TcpStream::from_std(std);

@@ -1,8 +1,9 @@
 //! The event loop: one `mio::Poll`, a listener, a slab of connections and one shared log.
 //!
 //! Each turn of the loop: poll; accept; read queued connections into the log (bounded per
-//! connection and per turn); write every receiver that is behind with vectored writes; trim
-//! the log and deal with slow consumers; close what needs closing; check idle clients.
+//! connection and per round); take a step of the flush round, writing receivers that are
+//! behind with vectored writes (a completed round trims the log and deals with slow
+//! consumers); close what needs closing; check timers (idle clients, paused accepts).
 
 mod connection;
 mod cursor;
@@ -478,14 +479,14 @@ impl Server {
         let mut writes = 0;
         let mut key = round.next_key;
         while key < conns.capacity() && writes < WRITES_PER_STEP {
-            let Some(conn) = conns.get_mut(key) else {
-                key += 1;
+            let this = key;
+            key += 1;
+            let Some(conn) = conns.get_mut(this) else {
                 continue;
             };
-            key += 1;
             if conn.cursor.has_fallen_off(log) {
                 if let Some(reason) = fall_behind(conn, log, config, stats) {
-                    closing.push((key - 1, reason));
+                    closing.push((this, reason));
                     continue;
                 }
             }
@@ -493,14 +494,14 @@ impl Server {
                 writes += 1;
                 let result = conn
                     .flush(log, config.echo_self)
-                    .and_then(|flushed| set_writable_interest(poll, key - 1, conn, flushed));
+                    .and_then(|flushed| set_writable_interest(poll, this, conn, flushed));
                 if let Err(e) = result {
-                    closing.push((key - 1, DisconnectReason::Reset(e)));
+                    closing.push((this, DisconnectReason::Reset(e)));
                     continue;
                 }
             }
             if conn.is_finished() {
-                closing.push((key - 1, DisconnectReason::Closed));
+                closing.push((this, DisconnectReason::Closed));
                 continue;
             }
             round.oldest_needed = round.oldest_needed.min(conn.cursor.next_seq());
