@@ -127,7 +127,7 @@ def summarize(runs):
         ok = [r for r in rs if "error" not in r]
         row = {"runs": len(rs), "errors": [r["error"] for r in rs if "error" in r]}
         for k in ["delivered_per_s", "delivered_mb_per_s", "server_cpu_pct", "cpu_s_per_m", "peak_rss_mib",
-                  "lost", "duplicated", "out_of_order", "disconnects"]:
+                  "lost", "duplicated", "out_of_order", "corrupt", "disconnects"]:
             row[k] = median(ok, k)
         for p in ["p50", "p99", "p999", "max"]:
             row[p] = median([{"v": r["latency_us"][p]} for r in ok], "v")
@@ -140,7 +140,7 @@ def fmt(v, spec, unit=""):
 
 
 def markdown(table, servers, workloads):
-    lines = ["| workload | server | delivered msg/s | MB/s | p50 ms | p99 ms | p99.9 ms | server CPU | CPU-s / M deliveries | peak RSS MiB | lost / dup / reordered / disconnects |",
+    lines = ["| workload | server | delivered msg/s | MB/s | p50 ms | p99 ms | p99.9 ms | server CPU | CPU-s / M deliveries | peak RSS MiB | lost / dup / reordered / corrupt / disconnects |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for w in workloads:
         for s in servers:
@@ -151,7 +151,7 @@ def markdown(table, servers, workloads):
                 lines.append(f"| {w} | {s} | failed: {'; '.join(row['errors'])[:80]} | | | | | | | | |")
                 continue
             ms = lambda us: None if us is None else us / 1000
-            integrity = " / ".join(fmt(row[k], ".0f") for k in ["lost", "duplicated", "out_of_order", "disconnects"])
+            integrity = " / ".join(fmt(row[k], ".0f") for k in ["lost", "duplicated", "out_of_order", "corrupt", "disconnects"])
             lines.append(
                 f"| {w} | {s} | {fmt(row['delivered_per_s'], ',.0f')} | {fmt(row['delivered_mb_per_s'], ',.1f')} "
                 f"| {fmt(ms(row['p50']), '.3f')} | {fmt(ms(row['p99']), '.3f')} | {fmt(ms(row['p999']), '.3f')} "
@@ -161,7 +161,7 @@ def markdown(table, servers, workloads):
 
 
 def clean(row):
-    return row and row["delivered_per_s"] and not any(row[k] for k in ["lost", "duplicated", "out_of_order", "disconnects"])
+    return row and row["delivered_per_s"] and not any(row[k] for k in ["lost", "duplicated", "out_of_order", "corrupt", "disconnects"])
 
 
 def ratios(table, workloads):

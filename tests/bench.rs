@@ -40,7 +40,13 @@ fn bench(addr: SocketAddr, target: &str, extra: &[&str]) -> (bool, Value) {
 }
 
 fn assert_clean(ok: bool, report: &Value) {
-    for field in ["lost", "duplicated", "out_of_order", "disconnects"] {
+    for field in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "corrupt",
+        "disconnects",
+    ] {
         assert_eq!(report[field], 0, "{field} in {report}");
     }
     assert!(
@@ -182,8 +188,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A line relay that swaps the 100th and 101st messages, loses the 200th and sends the 300th
-/// twice (the bench's sync message, publisher id ffffffff, always goes through).
+/// A line relay that swaps the 100th and 101st messages, loses the 200th, sends the 300th twice
+/// and tears the 400th (the bench's sync message, publisher id ffffffff, always goes through).
 fn faulty_relay() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -219,6 +225,7 @@ fn faulty_relay() -> SocketAddr {
                             broadcast(&line);
                             broadcast(&line);
                         }
+                        400 => broadcast(&line[10..]),
                         _ => broadcast(&line),
                     }
                 }

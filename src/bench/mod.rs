@@ -150,6 +150,8 @@ struct Measured {
     delivered: u64,
     /// Deliveries at any time, warm-up and drain included.
     delivered_total: u64,
+    /// Deliveries that were not a payload the bench sent (torn or garbled by the server).
+    corrupt: u64,
 }
 
 struct Bench {
@@ -378,6 +380,7 @@ impl Bench {
             ],
             lost: live().map(|c| c.lost(&sent)).sum(),
             duplicated: live().map(|c| c.duplicated).sum(),
+            corrupt: self.measured.corrupt,
             out_of_order: live().map(|c| c.out_of_order).sum(),
             disconnects: self.disconnects,
         }
@@ -607,8 +610,9 @@ impl Bench {
 
     /// One message reached subscriber `s`.
     fn deliver(&mut self, s: usize, payload: &[u8], now_ns: u64) {
-        let Some(stamp) = payload::read(payload) else {
-            tracing::debug!("subscriber {s}: a payload the bench did not send");
+        let stamp = payload::read(payload).filter(|_| payload.len() == self.config.size);
+        let Some(stamp) = stamp else {
+            self.measured.corrupt += 1;
             return;
         };
         if stamp.publisher == SYNC_PUBLISHER {
@@ -616,7 +620,9 @@ impl Bench {
             return;
         }
         let p = stamp.publisher as usize;
-        if p >= self.pubs.len() {
+        if p >= self.pubs.len() || stamp.seq >= self.pubs[p].sent {
+            // Well-formed, but not a message that was sent: garbled in transit.
+            self.measured.corrupt += 1;
             return;
         }
         let arrival = self.subs[s].checker.record(p, stamp.seq);

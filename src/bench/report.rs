@@ -29,6 +29,8 @@ pub struct Report {
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// Deliveries that were not a payload the bench sent (torn or garbled).
+    pub corrupt: u64,
     /// Connections the server closed (or that failed) during the run.
     pub disconnects: u64,
 }
@@ -49,7 +51,11 @@ impl Report {
 
     /// Whether the server relayed everything exactly once, in order, to everyone.
     pub fn is_clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0 && self.disconnects == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.out_of_order == 0
+            && self.corrupt == 0
+            && self.disconnects == 0
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -77,6 +83,7 @@ impl Report {
             "lost": self.lost,
             "duplicated": self.duplicated,
             "out_of_order": self.out_of_order,
+            "corrupt": self.corrupt,
             "disconnects": self.disconnects,
         })
     }
@@ -112,8 +119,8 @@ impl fmt::Display for Report {
         )?;
         write!(
             f,
-            "integrity  lost {}  duplicated {}  out of order {}  disconnects {}",
-            self.lost, self.duplicated, self.out_of_order, self.disconnects
+            "integrity  lost {}  duplicated {}  out of order {}  corrupt {}  disconnects {}",
+            self.lost, self.duplicated, self.out_of_order, self.corrupt, self.disconnects
         )
     }
 }

@@ -61,7 +61,7 @@ const FLUSH_SPACING: u32 = 4;
 /// Receivers written per step of a flush round, between which the loop polls and reads.
 const WRITES_PER_STEP: usize = 256;
 /// The longest a round waits for more input.
-const MAX_FLUSH_DELAY: Duration = Duration::from_micros(500);
+const MAX_FLUSH_DELAY: Duration = Duration::from_micros(250);
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
