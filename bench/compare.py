@@ -67,11 +67,15 @@ def cpu_seconds(pid):
 
 
 def peak_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """VmHWM, or None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def run_one(server, workload, args):
@@ -184,7 +188,8 @@ def ratios(table, workloads):
             bp = best(peers, key=lambda x: x[1][key])
             scale = 1000 if key == "p99" else 1
             ratio = bm[1][key] / bp[1][key] if bp[1][key] else float("nan")
-            lines.append(f"| {w} | {label} | {bm[0]} {bm[1][key] / scale:,.3f} | {bp[0]} {bp[1][key] / scale:,.3f} | {ratio:.2f} |")
+            num = lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.3f}"
+            lines.append(f"| {w} | {label} | {bm[0]} {num(bm[1][key] / scale)} | {bp[0]} {num(bp[1][key] / scale)} | {ratio:.2f} |")
     return "\n".join(lines)
 
 
@@ -210,7 +215,7 @@ def main():
                 print(f"[{len(runs)}/{total}] round {rnd + 1} {w} {s}: {status}", file=sys.stderr, flush=True)
     table = summarize(runs)
     with open(args.out, "w") as f:
-        json.dump({"machine": machine(), "args": vars(args), "runs": runs}, f, indent=1)
+        json.dump({"machine": machine(), "args": vars(args), "runs": runs}, f, indent=1, allow_nan=False)
     print(f"## Results (medians of {args.rounds} rounds, {args.duration:g} s measured after {args.warmup:g} s warm-up)\n")
     for w in workloads:
         print(f"- **{w}**: {WORKLOADS[w][0]}")

@@ -74,8 +74,9 @@ fn stream(protocol: Protocol) -> BytesMut {
 fn relay_batch(wire: &BytesMut, log: &mut Log, cursors: &mut [Cursor], sinks: &mut [Sink]) {
     let mut buf = wire.clone();
     let mut decoder = Decoder::new(Protocol::Frame, 1 << 20);
+    let batch = log.batch();
     while let Some(msg) = decoder.decode(&mut buf).expect("valid stream") {
-        log.append(msg, 0);
+        log.append_in_batch(msg, 0, batch);
     }
     for (c, s) in cursors.iter_mut().zip(sinks.iter_mut()) {
         c.flush(log, None, s).expect("sink never fails");

@@ -151,15 +151,17 @@ impl Connection {
     }
 }
 
-/// Appends every complete message in `buf` to `log`.
+/// Appends every complete message in `buf` to `log`, as one batch.
 fn decode_into(
     decoder: &mut Decoder,
     buf: &mut BytesMut,
     log: &mut Log,
     origin: u64,
 ) -> Result<(), DisconnectReason> {
+    // Everything decoded here is split off `buf` in turn: one batch.
+    let batch = log.batch();
     while let Some(msg) = decoder.decode(buf)? {
-        log.append(msg, origin);
+        log.append_in_batch(msg, origin, batch);
     }
     Ok(())
 }

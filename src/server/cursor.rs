@@ -5,10 +5,14 @@ use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 
-use super::log::Log;
+use super::log::{Entry, Log};
 
 /// Most slices handed to one `writev`: Linux's `IOV_MAX`.
 const MAX_IOV: usize = 1024;
+
+/// Bytes offered to one `writev` before it is sent: more than any socket buffer takes at once,
+/// and a bound on how much of the log one call walks.
+const MAX_WRITE: usize = 4 << 20;
 
 /// Where a receiver is in the log. A receiver owns no queue: what it owes is the log from here.
 #[derive(Debug)]
@@ -92,14 +96,34 @@ impl Cursor {
                     slices[0].write(IoSlice::new(rest));
                     n = 1;
                 }
+                // Adjacent messages of one batch are handed over as one slice: the kernel
+                // copies one run of bytes instead of one small iovec per message.
+                let mut run: Option<Run> = None;
+                let mut offered = 0;
                 for e in log.from(self.next_seq) {
-                    if n == MAX_IOV {
+                    if offered >= MAX_WRITE {
                         break;
                     }
-                    if Some(e.origin) != skip_origin {
-                        slices[n].write(IoSlice::new(&e.bytes));
+                    if Some(e.origin) == skip_origin {
+                        continue;
+                    }
+                    offered += e.bytes.len();
+                    if let Some(r) = &mut run {
+                        if r.extend(e) {
+                            continue;
+                        }
+                        slices[n].write(r.slice());
                         n += 1;
                     }
+                    if n == MAX_IOV {
+                        run = None;
+                        break;
+                    }
+                    run = Some(Run::new(e));
+                }
+                if let Some(r) = run {
+                    slices[n].write(r.slice());
+                    n += 1;
                 }
                 if n == 0 {
                     // Nothing to send but (perhaps) own messages: step over them.
@@ -146,6 +170,41 @@ impl Cursor {
             }
             written -= e.bytes.len();
         }
+    }
+}
+
+/// A run of log entries that lie back to back in one allocation, to be written as one slice.
+struct Run<'a> {
+    first: &'a [u8],
+    len: usize,
+    batch: u64,
+}
+
+impl<'a> Run<'a> {
+    fn new(e: &'a Entry) -> Self {
+        Run {
+            first: &e.bytes,
+            len: e.bytes.len(),
+            batch: e.batch,
+        }
+    }
+
+    /// Adds `e` if it starts where the run ends and belongs to the same batch.
+    fn extend(&mut self, e: &Entry) -> bool {
+        let end = self.first.as_ptr().wrapping_add(self.len);
+        if e.batch != self.batch || e.bytes.as_ptr() != end {
+            return false;
+        }
+        self.len += e.bytes.len();
+        true
+    }
+
+    fn slice(&self) -> IoSlice<'a> {
+        // SAFETY: entries of one batch are pieces of one allocation (the contract of
+        // `Log::append_in_batch`), and each entry added started where the run ended, so the
+        // `len` bytes from `first` are initialised bytes of that allocation, which the log
+        // keeps alive (and unchanged: `Bytes` are immutable) for as long as `'a`.
+        IoSlice::new(unsafe { std::slice::from_raw_parts(self.first.as_ptr(), self.len) })
     }
 }
 

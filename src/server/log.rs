@@ -14,6 +14,9 @@ pub struct Entry {
     pub bytes: Bytes,
     /// Connection id of the sender, so `--no-echo-self` can leave it out of the sender's stream.
     pub origin: u64,
+    /// Entries of one batch are consecutive pieces of one buffer, so a writer may hand
+    /// adjacent ones to the kernel as one slice (see [`Log::batch`]).
+    pub batch: u64,
 }
 
 /// A window of the message sequence: entries `first_seq .. end_seq`.
@@ -27,6 +30,8 @@ pub struct Log {
     bytes: usize,
     /// Bytes ever appended, so the loop can tell how much arrived since it last flushed.
     appended: u64,
+    /// The next batch id to hand out.
+    next_batch: u64,
 }
 
 impl Log {
@@ -54,10 +59,29 @@ impl Log {
         self.appended
     }
 
+    /// Appends a message that shares its buffer with no other entry.
     pub fn append(&mut self, bytes: Bytes, origin: u64) {
+        let batch = self.batch();
+        self.append_in_batch(bytes, origin, batch);
+    }
+
+    /// A new batch id, for messages split one after another off one buffer.
+    pub fn batch(&mut self) -> u64 {
+        self.next_batch += 1;
+        self.next_batch
+    }
+
+    /// Appends a message of `batch`. All messages of one batch must be pieces of one allocation
+    /// (`BytesMut::split_to` of one buffer): a writer merges those that are adjacent in memory
+    /// into one slice, which is sound only within one allocation.
+    pub fn append_in_batch(&mut self, bytes: Bytes, origin: u64, batch: u64) {
         self.bytes += bytes.len();
         self.appended += bytes.len() as u64;
-        self.entries.push_back(Entry { bytes, origin });
+        self.entries.push_back(Entry {
+            bytes,
+            origin,
+            batch,
+        });
     }
 
     /// The messages from `seq` (clamped to what is held) to the end, oldest first.

@@ -1,6 +1,6 @@
 use std::io::{self, Write};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
 use super::*;
@@ -113,7 +113,84 @@ fn socket_errors_are_returned() {
     assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
 }
 
+#[test]
+fn adjacent_messages_of_one_batch_go_out_as_one_slice() {
+    let mut buf = BytesMut::from(&b"a\nb\nc\n"[..]);
+    let mut log = Log::new();
+    let batch = log.batch();
+    for _ in 0..3 {
+        log.append_in_batch(buf.split_to(2).freeze(), 1, batch);
+    }
+    struct Slices(Vec<usize>);
+    impl Write for Slices {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.push(buf.len());
+            Ok(buf.len())
+        }
+        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            self.0.extend(bufs.iter().map(|b| b.len()));
+            Ok(bufs.iter().map(|b| b.len()).sum())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Slices(Vec::new());
+    Cursor::at(0).flush(&log, None, &mut out).unwrap();
+    assert_eq!(out.0, vec![6]);
+    // The sender's own message in the middle splits the run.
+    let mut out = Slices(Vec::new());
+    let mut log2 = Log::new();
+    let mut buf = BytesMut::from(&b"a\nb\nc\n"[..]);
+    let batch = log2.batch();
+    for origin in [1, 2, 1] {
+        log2.append_in_batch(buf.split_to(2).freeze(), origin, batch);
+    }
+    Cursor::at(0).flush(&log2, Some(2), &mut out).unwrap();
+    assert_eq!(out.0, vec![2, 2]);
+}
+
 proptest! {
+    /// The same with messages split off shared buffers, as the server appends them, so runs of
+    /// them are merged into single slices and writes stop inside those runs.
+    #[test]
+    fn merged_runs_are_delivered_exactly(
+        batches in proptest::collection::vec(
+            proptest::collection::vec((proptest::collection::vec(any::<u8>(), 1..20), 0u64..3), 1..20),
+            1..8,
+        ),
+        script in proptest::collection::vec(proptest::option::weighted(0.8, 1usize..50), 1..10),
+        skip in proptest::option::of(0u64..3),
+    ) {
+        let mut log = Log::new();
+        let mut c = Cursor::at(0);
+        let mut script = script;
+        script.push(Some(7));
+        let mut sink = Sink::new(script);
+        let mut want = Vec::new();
+        for msgs in &batches {
+            let mut buf = BytesMut::new();
+            for (m, _) in msgs {
+                buf.extend_from_slice(m);
+            }
+            let batch = log.batch();
+            for (m, origin) in msgs {
+                log.append_in_batch(buf.split_to(m.len()).freeze(), *origin, batch);
+                if Some(*origin) != skip {
+                    want.extend_from_slice(m);
+                }
+            }
+            let _ = c.flush(&log, skip, &mut sink).unwrap();
+        }
+        let mut guard = 0;
+        while c.is_behind(&log) {
+            let _ = c.flush(&log, skip, &mut sink).unwrap();
+            guard += 1;
+            prop_assert!(guard < 10_000);
+        }
+        prop_assert_eq!(sink.got, want);
+    }
+
     /// Partial writes and `WouldBlock` at any byte lose, duplicate and reorder nothing, with
     /// messages appended between flushes.
     #[test]
