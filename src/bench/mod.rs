@@ -43,6 +43,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// ...and the wait once nothing arrives any more (a server that lost messages).
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
+/// After the report, longest wait for the server to close connections cleanly.
+const HANG_UP_TIMEOUT: Duration = Duration::from_secs(2);
 /// A publisher stops encoding (its messages become late) while this much is unsent.
 const OUT_CAP: usize = 4 << 20;
 /// Read block for the shared scratch buffer.
@@ -99,7 +101,9 @@ pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
     bench.set_up()?;
     bench.measure()?;
     bench.drain()?;
-    Ok(bench.report())
+    let report = bench.report();
+    bench.hang_up();
+    Ok(report)
 }
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -175,6 +179,9 @@ struct Bench {
     disconnects: u64,
     /// Subscribers still connected.
     live_subs: u32,
+    /// The run is over and connections are being closed: input is discarded, closes are
+    /// expected rather than counted.
+    hanging_up: bool,
 }
 
 impl Bench {
@@ -242,6 +249,7 @@ impl Bench {
             publishing: false,
             measured: Measured::default(),
             disconnects: 0,
+            hanging_up: false,
         })
     }
 
@@ -345,6 +353,24 @@ impl Bench {
             self.poll_once(&mut events, Some(Duration::from_millis(50)))?;
             if !events.is_empty() {
                 last_arrival = Instant::now();
+            }
+        }
+    }
+
+    /// Closes every connection cleanly: half-close, then read (and discard) until the server
+    /// closes too, for at most [`HANG_UP_TIMEOUT`]. Dropping sockets with unread input would
+    /// reset them, and a server rightly logs every reset as a client failure.
+    fn hang_up(&mut self) {
+        self.hanging_up = true;
+        for peer in self.peers.iter().filter(|p| p.open) {
+            let _ = peer.socket.shutdown(std::net::Shutdown::Write);
+        }
+        let deadline = Instant::now() + HANG_UP_TIMEOUT;
+        let mut events = Events::with_capacity(4096);
+        while self.peers.iter().any(|p| p.open) {
+            let now = Instant::now();
+            if now >= deadline || self.poll_once(&mut events, Some(deadline - now)).is_err() {
+                return;
             }
         }
     }
@@ -570,12 +596,11 @@ impl Bench {
     fn handle_input(&mut self, i: usize, buf: &mut BytesMut, now_ns: u64) -> bool {
         let target = self.config.target;
         let role = self.peers[i].role;
-        if let Role::Publisher(_) = role {
-            if target.is_mob() {
-                // mob sends publishers what others publish: not what is measured.
-                buf.clear();
-                return true;
-            }
+        // mob sends publishers what others publish: not what is measured. And once the run is
+        // over, nothing is.
+        if self.hanging_up || (target.is_mob() && matches!(role, Role::Publisher(_))) {
+            buf.clear();
+            return true;
         }
         let mut at = 0;
         loop {
@@ -662,6 +687,9 @@ impl Bench {
         }
         peer.open = false;
         let _ = self.poll.registry().deregister(&mut peer.socket);
+        if self.hanging_up {
+            return;
+        }
         self.disconnects += 1;
         tracing::warn!("{:?} was disconnected", peer.role);
         if let Role::Subscriber(s) = peer.role {
