@@ -44,8 +44,8 @@ const WAKER: Token = Token(usize::MAX - 2);
 
 /// Bytes one connection may read per visit before the others get their turn.
 const READ_BUDGET: usize = 256 * 1024;
-/// Least input taken per turn, however small `--max-pending` is.
-const MIN_TURN_INPUT: usize = 64 * 1024;
+/// Least input read per flush round, however small `--max-pending` is.
+const MIN_ROUND_INPUT: usize = 64 * 1024;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Poll events handled per turn.
@@ -54,13 +54,15 @@ const EVENTS_CAPACITY: usize = 1024;
 /// that each write to each receiver carries several messages rather than one.
 const COALESCE_BYTES: u64 = 16 * 1024;
 /// A small round waits until this many times the last round's duration has passed since it
-/// ended: rounds that carry little then take at most 1/(1 + this) of the loop's time. A round
-/// costs about one write per receiver, so this bounds CPU per delivery at high fan-out (10,000
-/// receivers) and at moderate rates, for a delay of a few rounds' time.
+/// ended (at most [`MAX_FLUSH_DELAY`]): short rounds that carry little then take at most
+/// 1/(1 + this) of the loop's time. A round costs about one write per receiver whatever it
+/// carries, so the wait lets each write carry several messages.
 const FLUSH_SPACING: u32 = 4;
 /// Receivers written per step of a flush round, between which the loop polls and reads.
 const WRITES_PER_STEP: usize = 256;
-/// The longest a round waits for more input.
+/// The longest a round waits for more input: the latency coalescing may add. Measured on 100
+/// receivers at 10,000 msg/s (docs/BENCHMARKS.md): 250 µs gives p99 1.3 ms at 69% CPU, 1 ms
+/// gives 2.2 ms at 46%.
 const MAX_FLUSH_DELAY: Duration = Duration::from_micros(250);
 
 /// Why the server could not start or keep running.
@@ -403,7 +405,7 @@ impl Server {
     /// can grow past `--max-pending` before the round trims it; connections not reached stay
     /// queued, in order, for the next turn.
     fn read_queued(&mut self, now: Instant) {
-        let budget = (self.config.max_pending / 4).max(MIN_TURN_INPUT) as u64;
+        let budget = (self.config.max_pending / 4).max(MIN_ROUND_INPUT) as u64;
         for _ in 0..self.read_queue.len() {
             if self.log.appended() - self.flushed_up_to >= budget {
                 break;

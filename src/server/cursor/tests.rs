@@ -25,6 +25,26 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// A sink following `script` plus one step that takes bytes, so that retrying always
+    /// finishes.
+    fn progressing(mut script: Vec<Option<usize>>) -> Self {
+        script.push(Some(7));
+        Sink::new(script)
+    }
+}
+
+/// Keeps offering writes until the receiver has everything.
+fn finish(c: &mut Cursor, log: &Log, skip: Option<u64>, sink: &mut Sink) {
+    for _ in 0..10_000 {
+        if !c.is_behind(log) {
+            return;
+        }
+        c.flush(log, skip, sink).unwrap();
+    }
+    panic!("still behind after 10,000 flushes");
+}
+
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[io::IoSlice::new(buf)])
@@ -164,9 +184,7 @@ proptest! {
     ) {
         let mut log = Log::new();
         let mut c = Cursor::at(0);
-        let mut script = script;
-        script.push(Some(7));
-        let mut sink = Sink::new(script);
+        let mut sink = Sink::progressing(script);
         let mut want = Vec::new();
         for msgs in &batches {
             let mut buf = BytesMut::new();
@@ -182,12 +200,7 @@ proptest! {
             }
             let _ = c.flush(&log, skip, &mut sink).unwrap();
         }
-        let mut guard = 0;
-        while c.is_behind(&log) {
-            let _ = c.flush(&log, skip, &mut sink).unwrap();
-            guard += 1;
-            prop_assert!(guard < 10_000);
-        }
+        finish(&mut c, &log, skip, &mut sink);
         prop_assert_eq!(sink.got, want);
     }
 
@@ -202,23 +215,14 @@ proptest! {
     ) {
         let mut log = Log::new();
         let mut c = Cursor::at(0);
-        // At least one step makes progress, or no amount of retrying could finish.
-        let mut script = script;
-        script.push(Some(7));
-        let mut sink = Sink::new(script);
+        let mut sink = Sink::progressing(script);
         for chunk in msgs.chunks(batch) {
             for (m, origin) in chunk {
                 log.append(Bytes::from(m.clone()), *origin);
             }
             let _ = c.flush(&log, skip, &mut sink).unwrap();
         }
-        // Keep offering writes until the receiver has everything.
-        let mut guard = 0;
-        while c.is_behind(&log) {
-            let _ = c.flush(&log, skip, &mut sink).unwrap();
-            guard += 1;
-            prop_assert!(guard < 10_000);
-        }
+        finish(&mut c, &log, skip, &mut sink);
         let want: Vec<u8> = msgs
             .iter()
             .filter(|(_, o)| Some(*o) != skip)
