@@ -68,7 +68,7 @@ const MAX_FLUSH_DELAY: Duration = Duration::from_micros(250);
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot set up the event loop: {0}")]
     Setup(io::Error),
