@@ -174,6 +174,13 @@ impl Server {
             Ok(limit) => debug!("open-files limit {limit}"),
             Err(e) => warn!("cannot raise the open-files limit: {e}"),
         }
+        if config.max_pending < config.max_message {
+            warn!(
+                "--max-pending {} is below --max-message {}: one large message can make every \
+                 receiver that is behind on it a slow consumer",
+                config.max_pending, config.max_message
+            );
+        }
         let addr = config.listen;
         let mut listener =
             listener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
