@@ -34,45 +34,42 @@ fn main() -> Result<(), Box<dyn Error>> {
     let (top, bottom) = root.split_vertically(450);
     let (w1, w3) = top.split_horizontally(700);
     let (w4, w5) = bottom.split_horizontally(700);
-    bars(
-        &w1,
-        "W1 and W2: delivered, M msg/s (higher is better)",
-        &medians,
-        &[
-            ("W1", "delivered_per_s", 1e-6),
-            ("W2", "delivered_per_s", 1e-6),
-        ],
-    )?;
-    bars(
-        &w3,
-        "W3 (16 KiB): delivered, GB/s (higher is better)",
-        &medians,
-        &[("W3", "delivered_mb_per_s", 1e-3)],
-    )?;
-    bars(
-        &w4,
-        "W4 (10k msg/s): latency p50 / p99 / p99.9, ms",
-        &medians,
-        &[
-            ("W4", "p50", 1e-3),
-            ("W4", "p99", 1e-3),
-            ("W4", "p999", 1e-3),
-        ],
-    )?;
-    bars(
-        &w5,
-        "W5 (10k subscribers): latency p50 / p99 / p99.9, ms",
-        &medians,
-        &[
-            ("W5", "p50", 1e-3),
-            ("W5", "p99", 1e-3),
-            ("W5", "p999", 1e-3),
-        ],
-    )?;
+    let latency = |w: &'static str| [(w, "p50", 1e-3), (w, "p99", 1e-3), (w, "p999", 1e-3)];
+    let panels: [(_, &str, &[Series]); 4] = [
+        (
+            &w1,
+            "W1 and W2: delivered, M msg/s (higher is better)",
+            &[
+                ("W1", "delivered_per_s", 1e-6),
+                ("W2", "delivered_per_s", 1e-6),
+            ],
+        ),
+        (
+            &w3,
+            "W3 (16 KiB): delivered, GB/s (higher is better)",
+            &[("W3", "delivered_mb_per_s", 1e-3)],
+        ),
+        (
+            &w4,
+            "W4 (10k msg/s): latency p50 / p99 / p99.9, ms",
+            &latency("W4"),
+        ),
+        (
+            &w5,
+            "W5 (10k subscribers): latency p50 / p99 / p99.9, ms",
+            &latency("W5"),
+        ),
+    ];
+    for (area, title, series) in panels {
+        bars(area, title, &medians, series)?;
+    }
     root.present()?;
     println!("wrote {output}");
     Ok(())
 }
+
+/// One series of bars: (workload, figure, scale to the unit shown).
+type Series = (&'static str, &'static str, f64);
 
 /// (server, workload) -> figure -> median over the clean runs.
 type Medians = BTreeMap<(String, String), BTreeMap<&'static str, f64>>;
@@ -120,7 +117,7 @@ fn bars(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
     title: &str,
     medians: &Medians,
-    series: &[(&str, &str, f64)],
+    series: &[Series],
 ) -> Result<(), Box<dyn Error>> {
     let value = |server: &str, (workload, figure, scale): (&str, &str, f64)| {
         medians

@@ -4,7 +4,7 @@ mod util;
 
 use std::io::Write;
 use std::process::{Child, ChildStdin, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use util::{mob, Output, Server};
 
@@ -100,12 +100,5 @@ fn chat(server: &Server, protocol: &str) -> (Child, Output, ChildStdin) {
 }
 
 fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + util::DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "mob chat did not exit");
-        util::wait_a_moment();
-    }
+    util::wait_exit(child, util::DEADLINE).expect("mob chat did not exit")
 }

@@ -132,18 +132,13 @@ impl Server {
 
     /// Waits for the server to exit, failing the test after the deadline.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for mob") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server still running after {within:?}; log:\n{}",
-                self.log.text()
-            );
-            wait_a_moment();
-        }
+        let status = wait_exit(&mut self.child, within);
+        assert!(
+            status.is_some(),
+            "server still running after {within:?}; log:\n{}",
+            self.log.text()
+        );
+        status.unwrap()
     }
 
     /// Peak resident set size of the server so far, from /proc (VmHWM), in bytes.
@@ -173,9 +168,19 @@ fn proc_status_kib(pid: i32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// Polling interval for conditions that have no event to wait on (a process exit).
-pub fn wait_a_moment() {
-    thread::sleep(Duration::from_millis(10));
+/// Waits up to `within` for `child` to exit; `None` if it is still running. (A child's exit has
+/// no event to wait on with a deadline here, so this polls every 10 ms.)
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A test client over a real socket.
