@@ -583,13 +583,14 @@ impl Server {
         if self.shutdown_deadline.is_some() {
             return;
         }
+        // Close the listener before saying so: whoever reads the log line may rely on it.
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
         info!(
             "shutting down ({why}): refusing new connections, delivering queued messages for up to {}s",
             self.config.shutdown_timeout.as_secs_f64()
         );
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
         self.read_queue.clear();
         for (_, conn) in self.conns.iter_mut() {
             conn.queued = false;
