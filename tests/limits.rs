@@ -206,3 +206,34 @@ fn running_out_of_descriptors_is_logged_and_backed_off_not_spun_on() {
         "{failures} accept failures logged: the server spun instead of backing off"
     );
 }
+
+/// An idle server costs no CPU: with clients connected and nothing to do, it sleeps in
+/// `epoll_wait` with no timeout (no timers, no polling). Read from /proc/PID/syscall: the
+/// syscall a sleeping process is in, with its arguments.
+#[test]
+fn an_idle_server_sleeps_in_epoll_wait_without_a_timeout() {
+    let server = Server::start(&[]);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    clients[2].send(b"ready\n");
+    for c in &mut clients {
+        c.expect(b"ready\n");
+    }
+    let deadline = std::time::Instant::now() + util::DEADLINE;
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        last = std::fs::read_to_string(format!("/proc/{}/syscall", server.pid()))
+            .expect("read /proc/PID/syscall");
+        let fields: Vec<&str> = last.split_whitespace().collect();
+        // x86_64: 232 is epoll_wait, 281 epoll_pwait; the fourth argument is the timeout.
+        if matches!(fields.first(), Some(&"232") | Some(&"281")) {
+            // The timeout is an int: -1, no timeout, reads as 32 bits of ones.
+            assert!(
+                matches!(fields.get(4), Some(&"0xffffffff" | &"0xffffffffffffffff")),
+                "idle server polls with a timeout: {last}"
+            );
+            return;
+        }
+        util::poll_tick();
+    }
+    panic!("the idle server never slept in epoll_wait; last seen: {last}");
+}

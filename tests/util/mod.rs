@@ -179,8 +179,14 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
         if Instant::now() >= deadline {
             return None;
         }
-        thread::sleep(Duration::from_millis(10));
+        poll_tick();
     }
+}
+
+/// The polling interval for conditions that have no event to wait on (a process exit, the
+/// state of another process).
+pub fn poll_tick() {
+    thread::sleep(Duration::from_millis(10));
 }
 
 /// A test client over a real socket.
