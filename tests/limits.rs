@@ -237,3 +237,58 @@ fn an_idle_server_sleeps_in_epoll_wait_without_a_timeout() {
     }
     panic!("the idle server never slept in epoll_wait; last seen: {last}");
 }
+
+/// The epoll interest masks of the server's registered descriptors, from /proc/PID/fdinfo.
+fn epoll_masks(pid: i32) -> Vec<u32> {
+    let mut masks = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
+        let Ok(info) = std::fs::read_to_string(entry.expect("fdinfo entry").path()) else {
+            continue;
+        };
+        for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+            let mut words = line.split_whitespace();
+            if let Some(mask) = words.find(|w| *w == "events:").and_then(|_| words.next()) {
+                masks.push(u32::from_str_radix(mask, 16).expect("hex mask"));
+            }
+        }
+    }
+    masks
+}
+
+/// WRITABLE interest is registered exactly while a receiver is behind: a caught-up server
+/// gets no writable wake-ups.
+#[test]
+fn writable_interest_is_held_only_while_a_receiver_is_behind() {
+    const EPOLLOUT: u32 = 0x4;
+    let server = Server::start(&["--max-pending", "64MiB"]);
+    let (publisher, reader, mut stalled) = clients(&server, 1);
+    let writable = |server: &Server| {
+        epoll_masks(server.pid())
+            .iter()
+            .filter(|m| *m & EPOLLOUT != 0)
+            .count()
+    };
+    let wait_until = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + util::DEADLINE;
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            util::poll_tick();
+        }
+    };
+    assert_eq!(
+        writable(&server),
+        0,
+        "caught up, yet waiting for writability"
+    );
+    // 16 MiB for a client that does not read: the server must wait for it to drain.
+    publish_flat_out(publisher, reader, 16 * MIB, 4 * MIB);
+    wait_until("the stalled client's socket gains WRITABLE", &|| {
+        writable(&server) == 1
+    });
+    let got = stalled[0].read_exact(16 * MIB as usize / 1000 * 1000);
+    assert_eq!(got.len(), 16 * MIB as usize / 1000 * 1000);
+    stalled[0].expect(b"END\n");
+    wait_until("WRITABLE is dropped once caught up", &|| {
+        writable(&server) == 0
+    });
+}
