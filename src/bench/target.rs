@@ -8,6 +8,7 @@ use std::str::FromStr;
 use bytes::{BufMut, BytesMut};
 
 use super::payload::{self, Stamp};
+use crate::protocol::FRAME_HEADER_LEN;
 
 /// The channel (Redis) or subject (NATS) the bench publishes on.
 const CHANNEL: &str = "mob";
@@ -121,12 +122,13 @@ impl Target {
                 Ok(memchr::memchr(b'\n', buf).map(|i| (i + 1, Item::Message(0..i))))
             }
             Target::MobFrame => {
-                let Some(header) = buf.get(..8) else {
+                const H: usize = FRAME_HEADER_LEN;
+                let Some(header) = buf.get(..H) else {
                     return Ok(None);
                 };
-                let len = u64::from_be_bytes(header.try_into().expect("8 bytes"));
+                let len = u64::from_be_bytes(header.try_into().expect("a frame header"));
                 let len = usize::try_from(len).map_err(|_| format!("frame of {len} bytes"))?;
-                Ok((buf.len() - 8 >= len).then(|| (8 + len, Item::Message(8..8 + len))))
+                Ok((buf.len() - H >= len).then(|| (H + len, Item::Message(H..H + len))))
             }
             Target::Redis => parse_resp(buf),
             Target::Nats => parse_nats(buf),
