@@ -11,6 +11,8 @@
 //!   into that log, written with vectored writes.
 //! - [`chat`]: the interactive client behind `mob chat`.
 //! - [`bench`]: the load generator and checker behind `mob bench` (mob, Redis and NATS).
+//! - `sys.rs`: the two system calls made by hand (`read(2)` into spare capacity, the
+//!   open-files limit), shared by the server and the bench.
 //! - `main.rs`: the `mob` command line, nothing more.
 //!
 //! # One message, end to end

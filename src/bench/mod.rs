@@ -287,8 +287,10 @@ impl Bench {
             let now = Instant::now();
             if now >= deadline {
                 bail!(
-                    "only {ready} of {} subscribers confirmed within {SETUP_TIMEOUT:?}",
-                    self.subs.len()
+                    "only {ready} of {} subscribers confirmed within {SETUP_TIMEOUT:?}: does the \
+                     server speak --target {}?",
+                    self.subs.len(),
+                    self.config.target
                 );
             }
             self.poll_once(&mut events, Some(deadline - now))?;
