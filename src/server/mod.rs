@@ -48,6 +48,8 @@ const READ_BUDGET: usize = 256 * 1024;
 const MIN_ROUND_INPUT: usize = 64 * 1024;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per this interval for connections rejected at `--max-connections`.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Poll events handled per turn.
 const EVENTS_CAPACITY: usize = 1024;
 /// New input at which a flush round starts at once. Below it, a round may wait (see below) so
@@ -145,6 +147,8 @@ pub struct Server {
     shutdown_requested: Arc<AtomicBool>,
     /// Set while accepting is paused after running out of descriptors.
     accept_paused_until: Option<Instant>,
+    /// When a rejection at `--max-connections` was last logged, and how many were not since.
+    rejections: (Option<Instant>, u64),
     /// Set once shutdown began: when to give up delivering.
     shutdown_deadline: Option<Instant>,
     /// When to next look for idle clients (only with `--idle-timeout`).
@@ -210,6 +214,7 @@ impl Server {
             waker,
             shutdown_requested: Arc::new(AtomicBool::new(false)),
             accept_paused_until: None,
+            rejections: (None, 0),
             shutdown_deadline: None,
             next_idle_check,
             flushed_up_to: 0,
@@ -348,11 +353,20 @@ impl Server {
             };
             if self.conns.len() >= self.config.max_connections {
                 self.stats.rejected += 1;
-                warn!(
-                    peer = %peer,
-                    "rejected: {} connections already open (--max-connections)",
-                    self.conns.len()
-                );
+                // A flood of connections at the limit gets one line a second, not one each.
+                let (last, unlogged) = &mut self.rejections;
+                if !last.is_some_and(|t| now.saturating_duration_since(t) < REJECT_LOG_EVERY) {
+                    warn!(
+                        peer = %peer,
+                        "rejected: {} connections already open (--max-connections); {} more rejected since the last such line",
+                        self.conns.len(),
+                        unlogged
+                    );
+                    *last = Some(now);
+                    *unlogged = 0;
+                } else {
+                    *unlogged += 1;
+                }
                 continue; // dropping `socket` closes it
             }
             if let Err(e) = socket.set_nodelay(true) {
