@@ -619,22 +619,16 @@ impl Server {
             return false;
         };
         let log = &self.log;
-        let owed: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.cursor.is_behind(log))
-            .map(|(key, _)| key)
-            .collect();
-        if owed.is_empty() {
+        let owed = |(_, c): &(usize, &Connection)| c.cursor.is_behind(log);
+        if !self.conns.iter().any(|entry| owed(&entry)) {
             return true;
         }
         if now < deadline {
             return false;
         }
-        self.closing.extend(
-            owed.into_iter()
-                .map(|key| (key, DisconnectReason::Shutdown)),
-        );
+        let late = self.conns.iter().filter(owed);
+        self.closing
+            .extend(late.map(|(key, _)| (key, DisconnectReason::Shutdown)));
         self.close_pending();
         true
     }
