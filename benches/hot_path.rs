@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mob::protocol::{Decoder, Protocol};
-use mob::server::{Cursor, Log};
+use mob::server::{Cursor, Inbox, Log};
 
 /// Counts every allocation, so a run can report allocations per message.
 struct Counting;
@@ -69,14 +69,22 @@ fn stream(protocol: Protocol) -> BytesMut {
     wire
 }
 
-/// The server's path for one batch: decode a read's worth of messages off one buffer into the
-/// log, then write every receiver from its cursor.
+/// The server's path for one batch: cut a read's worth of messages off one buffer into log
+/// entries (as `Inbox::absorb` does for every read), then write every receiver from its cursor.
 fn relay_batch(wire: &BytesMut, log: &mut Log, cursors: &mut [Cursor], sinks: &mut [Sink]) {
-    let mut buf = wire.clone();
-    let mut decoder = Decoder::new(Protocol::Frame, 1 << 20);
-    let batch = log.batch();
-    while let Some(msg) = decoder.decode(&mut buf).expect("valid stream") {
-        log.append_in_batch(msg, 0, batch);
+    let mut scratch = wire.clone();
+    let mut inbox = Inbox::new(Decoder::new(Protocol::Frame, 1 << 20));
+    let mut batch = Vec::with_capacity(MESSAGES);
+    inbox
+        .absorb(
+            &mut scratch,
+            &mut Vec::with_capacity(MESSAGES),
+            0,
+            &mut batch,
+        )
+        .expect("valid stream");
+    for entry in batch {
+        log.push(entry);
     }
     for (c, s) in cursors.iter_mut().zip(sinks.iter_mut()) {
         c.flush(log, None, s).expect("sink never fails");

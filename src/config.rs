@@ -78,6 +78,64 @@ impl Default for ServerConfig {
     }
 }
 
+/// The largest `--max-message`: messages are held with 32-bit offsets, and no broadcast
+/// message needs more.
+pub const MAX_MESSAGE_LIMIT: usize = 1 << 30;
+/// The largest `--max-connections`: far above what one process's descriptors allow, and far
+/// below the tokens the event loop keeps for itself.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 24;
+/// The longest duration a setting takes (a year): longer ones are surely a mistake, and
+/// deadlines computed from them must not overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl ServerConfig {
+    /// Checks the settings against their limits; the error names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_message > MAX_MESSAGE_LIMIT {
+            return Err(format!(
+                "--max-message {} is above the limit of {MAX_MESSAGE_LIMIT} bytes (1GiB)",
+                self.max_message
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS_LIMIT {
+            return Err(format!(
+                "--max-connections {} must be between 1 and {MAX_CONNECTIONS_LIMIT}",
+                self.max_connections
+            ));
+        }
+        for (flag, value) in [
+            ("--idle-timeout", self.idle_timeout),
+            ("--shutdown-timeout", Some(self.shutdown_timeout)),
+        ] {
+            if value.is_some_and(|d| d > MAX_DURATION) {
+                return Err(format!(
+                    "{flag} is above the limit of {} seconds (a year)",
+                    MAX_DURATION.as_secs()
+                ));
+            }
+        }
+        if self.idle_timeout == Some(Duration::ZERO) {
+            return Err("--idle-timeout must be above 0 (leave it out to turn it off)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration in seconds, fractions allowed (`30`, `0.5`), up to [`MAX_DURATION`].
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected seconds, like 30 or 0.5"))?;
+    if !(0.0..=MAX_DURATION.as_secs_f64()).contains(&secs) {
+        return Err(format!(
+            "invalid duration {s:?}: expected 0 to {} seconds (a year)",
+            MAX_DURATION.as_secs()
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Parses a byte count: `4096`, `64KiB`, `8MiB`, `1GiB` (binary), `64KB`, `8MB` (decimal),
 /// `64K` / `8M` / `1G` (binary). Case-insensitive, optional space before the unit.
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -137,6 +195,70 @@ mod tests {
         assert!(parse_size("99999999999GiB")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn durations_parse_and_extremes_are_refused() {
+        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["1e19", "-1", "NaN", "inf", "5s", ""] {
+            assert!(parse_secs(bad).is_err(), "{bad} was accepted");
+        }
+        assert!(parse_secs("1e19").unwrap_err().contains("a year"));
+    }
+
+    #[test]
+    fn extreme_settings_are_refused_with_the_flag_named() {
+        let ok = ServerConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let cases = [
+            (
+                ServerConfig {
+                    max_message: usize::MAX,
+                    ..ok.clone()
+                },
+                "--max-message",
+            ),
+            (
+                ServerConfig {
+                    max_connections: usize::MAX,
+                    ..ok.clone()
+                },
+                "--max-connections",
+            ),
+            (
+                ServerConfig {
+                    max_connections: 0,
+                    ..ok.clone()
+                },
+                "--max-connections",
+            ),
+            (
+                ServerConfig {
+                    shutdown_timeout: Duration::MAX,
+                    ..ok.clone()
+                },
+                "--shutdown-timeout",
+            ),
+            (
+                ServerConfig {
+                    idle_timeout: Some(Duration::MAX),
+                    ..ok.clone()
+                },
+                "--idle-timeout",
+            ),
+            (
+                ServerConfig {
+                    idle_timeout: Some(Duration::ZERO),
+                    ..ok.clone()
+                },
+                "--idle-timeout",
+            ),
+        ];
+        for (config, flag) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(flag), "{err:?} does not name {flag}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use mob::bench::{BenchConfig, Target};
-use mob::config::parse_size;
+use mob::config::{parse_secs, parse_size};
 use mob::{Protocol, Server, ServerConfig, SlowConsumerPolicy};
 
 #[derive(Parser)]
@@ -106,13 +106,6 @@ struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| format!("invalid duration {s:?}: expected seconds, like 30 or 0.5"))
 }
 
 fn main() -> ExitCode {

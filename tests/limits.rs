@@ -72,10 +72,15 @@ fn slow_consumers_are_disconnected_and_the_others_lose_nothing() {
     let (publisher, reader, mut stalled) = clients(&server, 10);
     publish_flat_out(publisher, reader, 32 * MIB, 512 * 1024);
     for c in &mut stalled {
-        let peer = c.local_addr().to_string();
-        server.log.wait_for(&[&peer, "disconnected: slow consumer"]);
         c.read_to_close();
     }
+    // The first is logged with its peer; the rest within a second are counted, not listed.
+    let line = server.log.wait_for(&["disconnected: slow consumer"]);
+    let peers: Vec<String> = stalled.iter().map(|c| c.local_addr().to_string()).collect();
+    assert!(
+        peers.iter().any(|p| line.contains(p.as_str())),
+        "{line} names none of the stalled clients"
+    );
 }
 
 #[test]
@@ -83,7 +88,9 @@ fn slow_consumers_under_drop_skip_ahead_with_whole_messages() {
     let server = Server::start(&["--max-pending", "1MiB", "--slow-consumer", "drop"]);
     let (publisher, reader, mut stalled) = clients(&server, 3);
     let lines = publish_flat_out(publisher, reader, 32 * MIB, 512 * 1024);
-    server.log.wait_for(&["slow consumer", "skipping messages"]);
+    server
+        .log
+        .wait_for(&["slow consumer", "skipping to the newest"]);
     // A stalled client starts reading again: it gets whole lines, in order, with a gap, up to END.
     let c = &mut stalled[0];
     let mut last: Option<u64> = None;

@@ -12,7 +12,7 @@ mod raw;
 use std::fmt;
 use std::str::FromStr;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 pub use frame::HEADER_LEN as FRAME_HEADER_LEN;
 
@@ -84,6 +84,17 @@ pub enum ProtocolError {
     Truncated { have: u64, need: u64 },
 }
 
+/// What [`Decoder::next`] found at the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The first `len` bytes are one message in wire form.
+    Message(usize),
+    /// The first `len` bytes are to be consumed and not relayed (a frame keepalive).
+    Skip(usize),
+    /// No complete message yet: everything there is the start of one.
+    Incomplete,
+}
+
 /// Per-connection decoding state for one protocol.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -105,14 +116,65 @@ impl Decoder {
         }
     }
 
+    /// Looks at the front of `buf`, which starts at a message boundary, without consuming it.
+    pub fn next(&mut self, buf: &[u8]) -> Result<Next, ProtocolError> {
+        match self.protocol {
+            Protocol::Raw => Ok(raw::next(buf, self.max_message)),
+            Protocol::Line => line::next(buf, self.max_message, &mut self.scanned),
+            Protocol::Frame => frame::next(buf, self.max_message),
+        }
+    }
+
+    /// With `partial` holding the start of a message that an earlier read left incomplete (what
+    /// [`next`](Self::next) called [`Next::Incomplete`]), says how the front of `input`
+    /// continues it: [`Next::Message`]`(n)` means `partial` plus the first `n` bytes of `input`
+    /// are one message. Each byte of `input` is looked at once, however many reads the message
+    /// spans.
+    pub fn continue_partial(
+        &mut self,
+        partial: &[u8],
+        input: &[u8],
+    ) -> Result<Next, ProtocolError> {
+        let next = match self.protocol {
+            // A raw chunk is never incomplete; a partial cannot exist.
+            Protocol::Raw => Ok(raw::next(input, self.max_message)),
+            Protocol::Line => line::continue_partial(partial.len(), input, self.max_message),
+            Protocol::Frame => frame::continue_partial(partial, input, self.max_message),
+        }?;
+        if next != Next::Incomplete {
+            self.scanned = 0;
+        }
+        Ok(next)
+    }
+
+    /// The length of the whole message that `partial` then `input` begin, once its wire form
+    /// says (a frame whose header is there); `None` when only its end will tell (a line).
+    pub fn wire_len(&self, partial: &[u8], input: &[u8]) -> Option<usize> {
+        match self.protocol {
+            Protocol::Frame => frame::wire_len(partial, input, self.max_message),
+            Protocol::Raw | Protocol::Line => None,
+        }
+    }
+
+    /// The longest a message can be in wire form.
+    pub fn max_wire_len(&self) -> usize {
+        match self.protocol {
+            Protocol::Raw => self.max_message,
+            Protocol::Line => self.max_message.saturating_add(1),
+            Protocol::Frame => self.max_message.saturating_add(frame::HEADER_LEN),
+        }
+    }
+
     /// Splits the next complete message off the front of `buf`, in wire form. `Ok(None)` means
     /// `buf` holds no complete message yet (what is there stays for the next call). Frame
     /// keepalives (zero-length frames) are consumed and never returned.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
-        match self.protocol {
-            Protocol::Raw => Ok(raw::decode(buf, self.max_message)),
-            Protocol::Line => line::decode(buf, self.max_message, &mut self.scanned),
-            Protocol::Frame => frame::decode(buf, self.max_message),
+        loop {
+            match self.next(buf)? {
+                Next::Message(len) => return Ok(Some(buf.split_to(len).freeze())),
+                Next::Skip(len) => buf.advance(len),
+                Next::Incomplete => return Ok(None),
+            }
         }
     }
 

@@ -1,12 +1,12 @@
 //! `raw`: bytes are relayed in the chunks they were read in.
 
-use bytes::{Bytes, BytesMut};
+use super::Next;
 
 /// Everything buffered is one message, cut at `max` bytes so no message exceeds the limit.
-pub(super) fn decode(buf: &mut BytesMut, max: usize) -> Option<Bytes> {
+pub(super) fn next(buf: &[u8], max: usize) -> Next {
     if buf.is_empty() {
-        return None;
+        Next::Incomplete
+    } else {
+        Next::Message(buf.len().min(max))
     }
-    let n = buf.len().min(max);
-    Some(buf.split_to(n).freeze())
 }

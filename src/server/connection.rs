@@ -1,24 +1,27 @@
 //! One client: its socket, its undecoded input and its place in the log.
 
 use std::io;
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
+use socket2::{SockRef, TcpKeepalive};
 
 use super::cursor::{Cursor, Flushed};
 use super::disconnect::DisconnectReason;
-use super::log::Log;
+use super::inbox::{self, Inbox};
+use super::log::Entry;
 use crate::protocol::Decoder;
 use crate::sys;
 
-/// Size of a fresh read block. Messages are split off it without a copy, so one block carries
-/// the messages of many reads until every receiver has been sent them.
-const READ_BLOCK: usize = 64 * 1024;
-
-/// Start a fresh block when less than this is left in the current one.
-const MIN_READ: usize = 8 * 1024;
+/// TCP keepalive on every client socket, so a peer that vanished (a machine switched off, a
+/// cable pulled) is found on a quiet server too: probes after this much silence...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// ...every this often...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and the connection fails after this many unanswered ones.
+const KEEPALIVE_PROBES: u32 = 6;
 
 /// How the reading of a connection ended for this turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +31,20 @@ pub enum Input {
     /// The read budget ran out with input perhaps left: come back without waiting for an event
     /// (edge-triggered readiness will not be reported again for data already there).
     More,
-    /// The client closed its sending side; its last message, if any, is in the log.
+    /// The client closed its sending side; its last message, if any, is in the batch.
     Eof,
+}
+
+/// The loop's buffers for reading, shared by all its connections so an idle connection holds
+/// none of its own.
+#[derive(Debug, Default)]
+pub struct ReadBuffers {
+    /// Input is read here and messages are cut off it without a copy.
+    pub scratch: BytesMut,
+    /// Positions of the messages of one read (reused).
+    spans: Vec<(usize, usize)>,
+    /// Messages read since the batch was last handed to the sequencer, in order.
+    pub batch: Vec<Entry>,
 }
 
 /// A connected client.
@@ -42,11 +57,8 @@ pub struct Connection {
     /// Unique for the life of the server (tokens are reused), so `--no-echo-self` can tell a
     /// sender's messages from those of a later client in the same slab slot.
     pub id: u64,
-    /// Splits this client's input into messages.
-    decoder: Decoder,
-    /// An incomplete message, kept between reads. Empty (and unallocated) for an idle client:
-    /// reads go to the loop's scratch buffer and only a partial message is copied here.
-    tail: BytesMut,
+    /// This client's decoder and incomplete message.
+    inbox: Inbox,
     /// What this client has been sent of the log.
     pub cursor: Cursor,
     /// When bytes last arrived, for `--idle-timeout`.
@@ -58,77 +70,84 @@ pub struct Connection {
     pub wants_writable: bool,
     /// Set when the client closed its side: close once it has been sent the log up to here.
     pub eof_at: Option<u64>,
+    /// During shutdown: our sending side is closed (all was sent); waiting for the client's EOF.
+    pub write_shut: bool,
     /// Whether the token is in the loop's queue of connections with input left to read.
     pub queued: bool,
+    /// Whether the token is in the fan-out's list of receivers to visit without new input.
+    pub woken: bool,
+    /// Index of this connection in the fan-out's list of members.
+    pub member_index: usize,
     /// Messages skipped under `--slow-consumer drop`.
     pub dropped: u64,
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, peer: SocketAddr, id: u64, decoder: Decoder, log: &Log) -> Self {
+    pub fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        decoder: Decoder,
+        now: Instant,
+    ) -> Self {
         Connection {
             socket,
             peer,
             id,
-            decoder,
-            tail: BytesMut::new(),
-            cursor: Cursor::at(log.end_seq()),
-            last_input: Instant::now(),
+            inbox: Inbox::new(decoder),
+            cursor: Cursor::at(0),
+            last_input: now,
             blocked: false,
             wants_writable: false,
             eof_at: None,
+            write_shut: false,
             queued: false,
+            woken: false,
+            member_index: 0,
             dropped: 0,
         }
     }
 
+    /// Socket options for a freshly accepted client: no Nagle delay (each message is sent as
+    /// soon as it is written) and TCP keepalive.
+    pub fn configure(socket: &TcpStream) -> io::Result<()> {
+        socket.set_nodelay(true)?;
+        let keepalive = TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES);
+        SockRef::from(socket).set_tcp_keepalive(&keepalive)
+    }
+
     /// Reads until `WouldBlock`, end of stream or `budget` bytes, appending every complete
-    /// message to `log`. Input goes into `scratch` (shared by all connections of the loop)
-    /// unless a partial message is pending, in which case it continues that message in `tail`.
+    /// message to `bufs.batch`.
     pub fn read(
         &mut self,
-        scratch: &mut BytesMut,
-        log: &mut Log,
+        bufs: &mut ReadBuffers,
         budget: usize,
         now: Instant,
     ) -> Result<Input, DisconnectReason> {
-        debug_assert!(scratch.is_empty(), "scratch holds another client's bytes");
+        debug_assert!(
+            bufs.scratch.is_empty(),
+            "scratch holds another client's bytes"
+        );
         let mut taken = 0;
         while taken < budget {
-            let from_scratch = self.tail.is_empty();
-            let buf = if from_scratch {
-                &mut *scratch
-            } else {
-                &mut self.tail
-            };
-            if buf.capacity() - buf.len() < MIN_READ {
-                buf.reserve(READ_BLOCK);
-            }
-            match sys::read_into(&self.socket, buf) {
+            inbox::reserve_for_read(&mut bufs.scratch);
+            match sys::read_into(&self.socket, &mut bufs.scratch) {
                 Ok(0) => {
-                    while let Some(msg) = self.decoder.decode_eof(&mut self.tail)? {
-                        log.append(msg, self.id);
-                    }
-                    self.tail = BytesMut::new();
+                    self.inbox.finish(self.id, &mut bufs.batch)?;
                     return Ok(Input::Eof);
                 }
                 Ok(n) => {
                     taken += n;
                     self.last_input = now;
-                    let decoded = decode_into(&mut self.decoder, buf, log, self.id);
-                    if from_scratch {
-                        // Keep only the incomplete rest; the scratch block goes on serving
-                        // reads, and must hold nothing of this client when the next one reads.
-                        if decoded.is_ok() {
-                            self.tail.extend_from_slice(scratch);
-                        }
-                        scratch.clear();
-                    }
-                    decoded?;
-                    if !from_scratch && self.tail.is_empty() {
-                        // Let go of the block the finished message lives in.
-                        self.tail = BytesMut::new();
-                    }
+                    self.inbox.absorb(
+                        &mut bufs.scratch,
+                        &mut bufs.spans,
+                        self.id,
+                        &mut bufs.batch,
+                    )?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Input::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -138,8 +157,32 @@ impl Connection {
         Ok(Input::More)
     }
 
+    /// During shutdown: reads and throws away what the client sends (relaying has stopped), so
+    /// that closing the socket later does not find unread input and send a reset, which would
+    /// make the client's kernel discard what we delivered but it has not read yet.
+    pub fn discard(
+        &mut self,
+        scratch: &mut BytesMut,
+        budget: usize,
+    ) -> Result<Input, DisconnectReason> {
+        let mut taken = 0;
+        while taken < budget {
+            inbox::reserve_for_read(scratch);
+            let read = sys::read_into(&self.socket, scratch);
+            scratch.clear();
+            match read {
+                Ok(0) => return Ok(Input::Eof),
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Input::Drained),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DisconnectReason::Reset(e)),
+            }
+        }
+        Ok(Input::More)
+    }
+
     /// Writes what this client is owed of `log`; see [`Cursor::flush`].
-    pub fn flush(&mut self, log: &Log, echo_self: bool) -> io::Result<Flushed> {
+    pub fn flush(&mut self, log: &super::Log, echo_self: bool) -> io::Result<Flushed> {
         let skip = (!echo_self).then_some(self.id);
         self.cursor.flush(log, skip, &mut self.socket)
     }
@@ -149,19 +192,18 @@ impl Connection {
         self.eof_at
             .is_some_and(|end| self.cursor.next_seq() >= end && !self.cursor.in_message())
     }
-}
 
-/// Appends every complete message in `buf` to `log`, as one batch.
-fn decode_into(
-    decoder: &mut Decoder,
-    buf: &mut BytesMut,
-    log: &mut Log,
-    origin: u64,
-) -> Result<(), DisconnectReason> {
-    // Everything decoded here is split off `buf` in turn: one batch.
-    let batch = log.batch();
-    while let Some(msg) = decoder.decode(buf)? {
-        log.append_in_batch(msg, origin, batch);
+    /// Closes our sending side (the client reads the end of the stream after all it was sent).
+    pub fn shut_write(&mut self) -> io::Result<()> {
+        self.write_shut = true;
+        self.socket.shutdown(Shutdown::Write)
     }
-    Ok(())
+
+    /// Makes closing the socket send a reset at once: for a client that failed, so that what
+    /// the kernel still holds for it (up to megabytes it will never read) is freed now rather
+    /// than after a FIN-WAIT that lasts as long as the peer neither reads nor closes.
+    pub fn abort_on_close(&self) {
+        // Failing only means a graceful close instead.
+        let _ = SockRef::from(&self.socket).set_linger(Some(Duration::ZERO));
+    }
 }

@@ -22,6 +22,9 @@ pub struct Cursor {
     /// The unsent rest of a message a previous write stopped inside. Held here rather than as an
     /// offset so the log may forget that message while this receiver still finishes it.
     partial: Option<Bytes>,
+    /// Whether `partial` is a copy of its own rather than a view of a shared block, so a
+    /// receiver skipped ahead again and again copies it once.
+    partial_owned: bool,
 }
 
 /// How a flush ended.
@@ -39,6 +42,7 @@ impl Cursor {
         Cursor {
             next_seq: seq,
             partial: None,
+            partial_owned: false,
         }
     }
 
@@ -61,15 +65,23 @@ impl Cursor {
         self.next_seq < log.first_seq()
     }
 
-    /// Skips to the oldest message still held; returns how many messages were skipped. A message
-    /// already partly sent is still finished, so the receiver's stream stays well-formed.
-    pub fn skip_to_first(&mut self, log: &Log) -> u64 {
-        let skipped = log.first_seq().saturating_sub(self.next_seq);
-        self.next_seq = self.next_seq.max(log.first_seq());
-        if let Some(rest) = self.partial.take() {
-            // Copy the rest out so a receiver that never reads pins only its own few bytes, not
-            // the whole read block the message was split from.
-            self.partial = Some(Bytes::copy_from_slice(&rest));
+    /// Skips ahead to the newest message of the log (`--slow-consumer drop`); returns how many
+    /// messages were skipped. The newest rather than the oldest held: a receiver resumed at the
+    /// oldest would stay `--max-pending` behind, keep the log full and fall off again at once;
+    /// resumed at the newest it gets the latest news, and the last message sent (the end of a
+    /// stream, say) is never what it misses. A message already partly sent is still finished,
+    /// so the receiver's stream stays well-formed; its rest is copied out (once) so that a
+    /// receiver that never reads pins only those few bytes, not the block the message was read
+    /// into.
+    pub fn skip_to_newest(&mut self, log: &Log) -> u64 {
+        let newest = log.end_seq().saturating_sub(1).max(log.first_seq());
+        let skipped = newest.saturating_sub(self.next_seq);
+        self.next_seq = self.next_seq.max(newest);
+        if let Some(rest) = &mut self.partial {
+            if !self.partial_owned {
+                *rest = Bytes::copy_from_slice(rest);
+                self.partial_owned = true;
+            }
         }
         skipped
     }
@@ -96,7 +108,7 @@ impl Cursor {
                     slices[0].write(IoSlice::new(rest));
                     n = 1;
                 }
-                // Adjacent messages of one batch are handed over as one slice: the kernel
+                // Adjacent messages of one block are handed over as one slice: the kernel
                 // copies one run of bytes instead of one small iovec per message.
                 let mut run: Option<Run> = None;
                 let mut offered = 0;
@@ -107,12 +119,12 @@ impl Cursor {
                     if Some(e.origin) == skip_origin {
                         continue;
                     }
-                    offered += e.bytes.len();
+                    offered += e.len();
                     if let Some(r) = &mut run {
                         if r.extend(e) {
                             continue;
                         }
-                        slices[n].write(r.slice());
+                        slices[n].write(IoSlice::new(r.bytes()));
                         n += 1;
                     }
                     if n == MAX_IOV {
@@ -122,7 +134,7 @@ impl Cursor {
                     run = Some(Run::new(e));
                 }
                 if let Some(r) = run {
-                    slices[n].write(r.slice());
+                    slices[n].write(IoSlice::new(r.bytes()));
                     n += 1;
                 }
                 if n == 0 {
@@ -155,6 +167,7 @@ impl Cursor {
             }
             written -= rest.len();
             self.partial = None;
+            self.partial_owned = false;
         }
         for e in log.from(self.next_seq) {
             if written == 0 {
@@ -164,47 +177,45 @@ impl Cursor {
             if Some(e.origin) == skip_origin {
                 continue;
             }
-            if written < e.bytes.len() {
-                self.partial = Some(e.bytes.slice(written..));
+            if written < e.len() {
+                self.partial = Some(e.tail_from(written));
                 return;
             }
-            written -= e.bytes.len();
+            written -= e.len();
         }
     }
 }
 
-/// A run of log entries that lie back to back in one allocation, to be written as one slice.
+/// A run of log entries that lie back to back in one block, to be written as one slice.
 struct Run<'a> {
-    first: &'a [u8],
-    len: usize,
-    batch: u64,
+    first: &'a Entry,
+    from: usize,
+    to: usize,
 }
 
 impl<'a> Run<'a> {
     fn new(e: &'a Entry) -> Self {
+        let range = e.range();
         Run {
-            first: &e.bytes,
-            len: e.bytes.len(),
-            batch: e.batch,
+            first: e,
+            from: range.start,
+            to: range.end,
         }
     }
 
-    /// Adds `e` if it starts where the run ends and belongs to the same batch.
+    /// Adds `e` if it starts where the run ends, in the same block.
     fn extend(&mut self, e: &Entry) -> bool {
-        let end = self.first.as_ptr().wrapping_add(self.len);
-        if e.batch != self.batch || e.bytes.as_ptr() != end {
-            return false;
+        match self.first.continued_by(self.to, e) {
+            Some(end) => {
+                self.to = end;
+                true
+            }
+            None => false,
         }
-        self.len += e.bytes.len();
-        true
     }
 
-    fn slice(&self) -> IoSlice<'a> {
-        // SAFETY: entries of one batch are pieces of one allocation (the contract of
-        // `Log::append_in_batch`), and each entry added started where the run ended, so the
-        // `len` bytes from `first` are initialised bytes of that allocation, which the log
-        // keeps alive (and unchanged: `Bytes` are immutable) for as long as `'a`.
-        IoSlice::new(unsafe { std::slice::from_raw_parts(self.first.as_ptr(), self.len) })
+    fn bytes(&self) -> &'a [u8] {
+        self.first.block_slice(self.from, self.to)
     }
 }
 

@@ -19,8 +19,9 @@ pub enum DisconnectReason {
     SlowConsumer { max_pending: usize },
     /// Nothing arrived from the client for `--idle-timeout`.
     Idle(Duration),
-    /// The server is stopping and the shutdown timeout ran out before the client was sent all.
-    Shutdown,
+    /// The server is stopping and the shutdown timeout ran out: before the client was sent all
+    /// (`owed`), or before it closed its side after being sent all.
+    Shutdown { owed: bool },
 }
 
 impl DisconnectReason {
@@ -32,7 +33,7 @@ impl DisconnectReason {
             DisconnectReason::Protocol(_) => "protocol",
             DisconnectReason::SlowConsumer { .. } => "slow_consumer",
             DisconnectReason::Idle(_) => "idle",
-            DisconnectReason::Shutdown => "shutdown",
+            DisconnectReason::Shutdown { .. } => "shutdown",
         }
     }
 
@@ -43,6 +44,21 @@ impl DisconnectReason {
             DisconnectReason::Reset(_)
                 | DisconnectReason::Protocol(_)
                 | DisconnectReason::SlowConsumer { .. }
+        )
+    }
+
+    /// Whether the client is cut off rather than ended with: its socket is then closed with a
+    /// reset, so that what the kernel still holds for it (up to megabytes it may never read)
+    /// is freed at once instead of lingering as long as the peer neither reads nor closes.
+    pub fn aborts(&self) -> bool {
+        self.is_failure() || matches!(self, DisconnectReason::Idle(_))
+    }
+
+    /// Whether this is a normal end that is logged only at `debug`.
+    pub fn is_quiet(&self) -> bool {
+        matches!(
+            self,
+            DisconnectReason::Closed | DisconnectReason::Shutdown { owed: false }
         )
     }
 }
@@ -60,9 +76,12 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Idle(t) => {
                 write!(f, "idle: nothing received for {}s", t.as_secs_f64())
             }
-            DisconnectReason::Shutdown => {
+            DisconnectReason::Shutdown { owed: true } => {
                 f.write_str("server shutting down: shutdown timeout reached before all was sent")
             }
+            DisconnectReason::Shutdown { owed: false } => f.write_str(
+                "server shutting down: all was sent, but the client did not close within the shutdown timeout",
+            ),
         }
     }
 }

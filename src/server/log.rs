@@ -4,19 +4,97 @@
 //! Messages are held once (`Bytes` are reference counted), whatever the number of receivers.
 
 use std::collections::VecDeque;
+use std::mem::size_of;
 
 use bytes::Bytes;
 
+/// What one entry costs beyond its message bytes: the entry itself, counted against
+/// `--max-pending` so that a flood of tiny messages is bounded like a few large ones.
+pub const ENTRY_OVERHEAD: usize = size_of::<Entry>();
+
 /// One relayed message in wire form, and who sent it.
+///
+/// The message is a range of `block`, the bytes of one read (or one message assembled over
+/// several reads) shared by every message decoded from it, so that a writer can hand the
+/// messages that lie back to back in one block to the kernel as one slice, safely (a slice of
+/// `block`), and a message never keeps alive more than the block it was read into.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// The bytes every receiver is sent; shared, never copied per receiver.
-    pub bytes: Bytes,
+    /// The shared bytes the message lies in; never copied per receiver.
+    block: Bytes,
+    /// Where in `block` the message starts.
+    start: u32,
+    /// The message's length in wire form.
+    len: u32,
     /// Connection id of the sender, so `--no-echo-self` can leave it out of the sender's stream.
     pub origin: u64,
-    /// Entries of one batch are consecutive pieces of one buffer, so a writer may hand
-    /// adjacent ones to the kernel as one slice (see [`Log::batch`]).
-    pub batch: u64,
+}
+
+impl Entry {
+    /// The message `block[start..start + len]`. `None` if the range is not inside `block` or
+    /// longer than an entry can say (4 GiB; `--max-message` is capped far below).
+    pub fn new(block: Bytes, start: usize, len: usize, origin: u64) -> Option<Entry> {
+        let end = start.checked_add(len)?;
+        if end > block.len() {
+            return None;
+        }
+        Some(Entry {
+            block,
+            start: u32::try_from(start).ok()?,
+            len: u32::try_from(len).ok()?,
+            origin,
+        })
+    }
+
+    /// A message that is a block of its own.
+    pub fn whole(bytes: Bytes, origin: u64) -> Option<Entry> {
+        let len = bytes.len();
+        Entry::new(bytes, 0, len, origin)
+    }
+
+    /// The message's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.block[self.range()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The message's bytes from `offset` on, sharing the block (no copy).
+    pub fn tail_from(&self, offset: usize) -> Bytes {
+        let range = self.range();
+        self.block
+            .slice(range.start + offset.min(range.len())..range.end)
+    }
+
+    /// If `next` lies right after `upto` (an offset in this entry's block) in the same block,
+    /// the offset where `next` ends.
+    pub fn continued_by(&self, upto: usize, next: &Entry) -> Option<usize> {
+        let same_block =
+            self.block.as_ptr() == next.block.as_ptr() && self.block.len() == next.block.len();
+        (same_block && next.start as usize == upto).then(|| next.range().end)
+    }
+
+    /// The bytes `from..to` of this entry's block: several messages when
+    /// [`continued_by`](Self::continued_by) said so.
+    pub fn block_slice(&self, from: usize, to: usize) -> &[u8] {
+        &self.block[from..to]
+    }
+
+    /// This message's range in its block.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.start as usize + self.len as usize
+    }
+
+    /// Bytes this entry counts against `--max-pending`.
+    fn held(&self) -> usize {
+        self.len() + ENTRY_OVERHEAD
+    }
 }
 
 /// A window of the message sequence: entries `first_seq .. end_seq`.
@@ -26,12 +104,10 @@ pub struct Log {
     entries: VecDeque<Entry>,
     /// Sequence number of `entries[0]`; sequence numbers grow by one per message, forever.
     first_seq: u64,
-    /// Sum of the held messages' lengths: what `--max-pending` bounds.
-    bytes: usize,
+    /// The held messages' lengths plus [`ENTRY_OVERHEAD`] each: what `--max-pending` bounds.
+    held: usize,
     /// Bytes ever appended, so the loop can tell how much arrived since it last flushed.
     appended: u64,
-    /// The next batch id to hand out.
-    next_batch: u64,
 }
 
 impl Log {
@@ -49,39 +125,28 @@ impl Log {
         self.first_seq + self.entries.len() as u64
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.bytes
+    /// Bytes held, as `--max-pending` counts them: messages plus [`ENTRY_OVERHEAD`] each.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
-    /// Bytes ever appended.
+    /// Message bytes ever appended.
     pub fn appended(&self) -> u64 {
         self.appended
     }
 
-    /// Appends a message that shares its buffer with no other entry.
+    /// Appends one message at the end of the order.
+    pub fn push(&mut self, entry: Entry) {
+        self.held += entry.held();
+        self.appended += entry.len() as u64;
+        self.entries.push_back(entry);
+    }
+
+    /// Appends a message that is a block of its own (for tests and benches).
     pub fn append(&mut self, bytes: Bytes, origin: u64) {
-        let batch = self.batch();
-        self.append_in_batch(bytes, origin, batch);
-    }
-
-    /// A new batch id, for messages split one after another off one buffer.
-    pub fn batch(&mut self) -> u64 {
-        self.next_batch += 1;
-        self.next_batch
-    }
-
-    /// Appends a message of `batch`. All messages of one batch must be pieces of one allocation
-    /// (`BytesMut::split_to` of one buffer): a writer merges those that are adjacent in memory
-    /// into one slice, which is sound only within one allocation.
-    pub fn append_in_batch(&mut self, bytes: Bytes, origin: u64, batch: u64) {
-        self.bytes += bytes.len();
-        self.appended += bytes.len() as u64;
-        self.entries.push_back(Entry {
-            bytes,
-            origin,
-            batch,
-        });
+        if let Some(entry) = Entry::whole(bytes, origin) {
+            self.push(entry);
+        }
     }
 
     /// The messages from `seq` (clamped to what is held) to the end, oldest first.
@@ -107,7 +172,7 @@ impl Log {
     /// Forgets the oldest messages until at most `max_bytes` are held. Receivers whose cursor
     /// was among them have fallen behind: they are slow consumers.
     pub fn trim_to(&mut self, max_bytes: usize) {
-        while self.bytes > max_bytes {
+        while self.held > max_bytes {
             if !self.pop_front() {
                 break;
             }
@@ -117,7 +182,7 @@ impl Log {
     fn pop_front(&mut self) -> bool {
         match self.entries.pop_front() {
             Some(e) => {
-                self.bytes -= e.bytes.len();
+                self.held -= e.held();
                 self.first_seq += 1;
                 true
             }
@@ -140,17 +205,56 @@ mod tests {
 
     #[test]
     fn sequence_numbers_survive_trimming() {
+        let o = ENTRY_OVERHEAD;
         let mut log = log_of(&["a", "bb", "ccc"]);
-        assert_eq!((log.first_seq(), log.end_seq(), log.bytes()), (0, 3, 6));
+        assert_eq!(
+            (log.first_seq(), log.end_seq(), log.held()),
+            (0, 3, 6 + 3 * o)
+        );
         log.trim_before(1);
-        assert_eq!((log.first_seq(), log.end_seq(), log.bytes()), (1, 3, 5));
-        let rest: Vec<_> = log.from(2).map(|e| e.bytes.clone()).collect();
-        assert_eq!(rest, vec![Bytes::from_static(b"ccc")]);
-        log.trim_to(3);
-        assert_eq!((log.first_seq(), log.end_seq(), log.bytes()), (2, 3, 3));
+        assert_eq!(
+            (log.first_seq(), log.end_seq(), log.held()),
+            (1, 3, 5 + 2 * o)
+        );
+        let rest: Vec<_> = log.from(2).map(|e| e.bytes().to_vec()).collect();
+        assert_eq!(rest, vec![b"ccc".to_vec()]);
+        log.trim_to(3 + o);
+        assert_eq!((log.first_seq(), log.end_seq(), log.held()), (2, 3, 3 + o));
         log.trim_to(0);
-        assert_eq!((log.first_seq(), log.end_seq(), log.bytes()), (3, 3, 0));
+        assert_eq!((log.first_seq(), log.end_seq(), log.held()), (3, 3, 0));
         assert_eq!(log.from(0).count(), 0);
         assert_eq!(log.from(99).count(), 0);
+    }
+
+    #[test]
+    fn a_flood_of_tiny_messages_counts_their_bookkeeping() {
+        let mut log = Log::new();
+        for _ in 0..1000 {
+            log.append(Bytes::from_static(b"\n"), 0);
+        }
+        assert_eq!(log.held(), 1000 * (1 + ENTRY_OVERHEAD));
+        const {
+            assert!(
+                ENTRY_OVERHEAD >= 40,
+                "an entry is at least a Bytes and an origin"
+            )
+        };
+    }
+
+    #[test]
+    fn entries_say_when_they_continue_each_other() {
+        let block = Bytes::from_static(b"ab\ncd\nef\n");
+        let a = Entry::new(block.clone(), 0, 3, 1).unwrap();
+        let b = Entry::new(block.clone(), 3, 3, 1).unwrap();
+        let c = Entry::new(block.clone(), 6, 3, 1).unwrap();
+        assert_eq!(a.continued_by(3, &b), Some(6));
+        assert_eq!(a.continued_by(6, &c), Some(9));
+        assert_eq!(a.continued_by(3, &c), None, "a gap");
+        let other = Entry::whole(Bytes::from_static(b"cd\n"), 1).unwrap();
+        assert_eq!(a.continued_by(3, &other), None, "another block");
+        assert_eq!(a.block_slice(0, 9), b"ab\ncd\nef\n");
+        assert_eq!(&b.tail_from(1)[..], b"d\n");
+        assert!(Entry::new(block.clone(), 7, 3, 1).is_none());
+        assert!(Entry::new(block, usize::MAX, 2, 1).is_none());
     }
 }

@@ -8,8 +8,13 @@
 mod connection;
 mod cursor;
 mod disconnect;
+mod fanout;
+mod inbox;
 mod listener;
 mod log;
+mod ratelimit;
+mod sequencer;
+mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -18,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -27,13 +31,18 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::config::{ServerConfig, SlowConsumerPolicy};
+use crate::config::ServerConfig;
 use crate::protocol::Decoder;
 use crate::sys;
-use connection::{Connection, Input};
+use connection::{Connection, Input, ReadBuffers};
 pub use cursor::{Cursor, Flushed};
 pub use disconnect::DisconnectReason;
-pub use log::{Entry, Log};
+use fanout::{Fanout, Policy};
+pub use inbox::{reserve_for_read, Inbox, READ_BLOCK};
+pub use log::{Entry, Log, ENTRY_OVERHEAD};
+use ratelimit::LogLimit;
+use sequencer::Sequencer;
+use timer::Timer;
 
 /// The listener's token: above any slab key (those stay below `--max-connections`).
 const LISTENER: Token = Token(usize::MAX);
@@ -41,35 +50,25 @@ const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 /// Token of the waker behind [`ShutdownHandle`].
 const WAKER: Token = Token(usize::MAX - 2);
+/// Token of the loop's timer.
+const TIMER: Token = Token(usize::MAX - 3);
 
 /// Bytes one connection may read per visit before the others get their turn.
 const READ_BUDGET: usize = 256 * 1024;
 /// Least input read per flush round, however small `--max-pending` is.
 const MIN_ROUND_INPUT: usize = 64 * 1024;
+/// Connections accepted per turn of the loop, so a connect flood cannot starve relaying.
+const ACCEPTS_PER_TURN: usize = 256;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// At most one log line per this interval for connections rejected at `--max-connections`.
-const REJECT_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Poll events handled per turn.
 const EVENTS_CAPACITY: usize = 1024;
-/// New input at which a flush round starts at once. Below it, a round may wait (see below) so
-/// that each write to each receiver carries several messages rather than one.
-const COALESCE_BYTES: u64 = 16 * 1024;
-/// A small round waits until this many times the last round's duration has passed since it
-/// ended (at most [`MAX_FLUSH_DELAY`]): short rounds that carry little then take at most
-/// 1/(1 + this) of the loop's time. A round costs about one write per receiver whatever it
-/// carries, so the wait lets each write carry several messages.
-const FLUSH_SPACING: u32 = 4;
-/// Receivers written per step of a flush round, between which the loop polls and reads.
-const WRITES_PER_STEP: usize = 256;
-/// The longest a round waits for more input: the latency coalescing may add. Measured on 100
-/// receivers at 10,000 msg/s (docs/BENCHMARKS.md): 250 µs gives p99 1.3 ms at 69% CPU, 1 ms
-/// gives 2.2 ms at 46%.
-const MAX_FLUSH_DELAY: Duration = Duration::from_micros(250);
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("invalid settings: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot set up the event loop: {0}")]
@@ -91,15 +90,6 @@ pub struct Stats {
     pub dropped: u64,
     /// Closed connections by [`DisconnectReason::kind`].
     pub disconnects: BTreeMap<&'static str, u64>,
-}
-
-/// A flush round in progress: it visits every connection once, in slab order.
-struct Round {
-    /// The slab key to visit next.
-    next_key: usize,
-    started: Instant,
-    /// The lowest sequence number a visited receiver still needs.
-    oldest_needed: u64,
 }
 
 /// Asks a running server, from any thread, to shut down gracefully.
@@ -128,15 +118,17 @@ pub struct Server {
     config: ServerConfig,
     /// Open connections, keyed by their token.
     conns: Slab<Connection>,
-    /// Every message relayed and not yet sent to all receivers, in the one order all see.
-    log: Log,
-    /// The loop's read buffer: input is read here and messages are split off it without a
-    /// copy, so idle connections hold no buffer of their own.
-    scratch: BytesMut,
+    /// The log, the receivers and the flush rounds.
+    fanout: Fanout,
+    /// Where decoded input gets its place in the order.
+    sequencer: Sequencer,
+    /// The loop's read buffers: idle connections hold no buffer of their own.
+    bufs: ReadBuffers,
     /// Connections whose read budget ran out with input perhaps left, as (key, id) so an entry
     /// outliving its connection is recognised.
     read_queue: VecDeque<(usize, u64)>,
-    /// Connections to close at the end of the current step, with the reason.
+    /// Connections to close at the end of the current step, with the reason. Drained before
+    /// anything is accepted, so a key here still names the connection it was pushed for.
     closing: Vec<(usize, DisconnectReason)>,
     /// Next connection id; ids are never reused, unlike slab keys.
     next_id: u64,
@@ -145,23 +137,18 @@ pub struct Server {
     /// Wakes the loop for [`ShutdownHandle`].
     waker: Arc<Waker>,
     shutdown_requested: Arc<AtomicBool>,
+    /// Makes the poll return at the earliest deadline, to the microsecond.
+    timer: Timer,
     /// Set while accepting is paused after running out of descriptors.
     accept_paused_until: Option<Instant>,
-    /// When a rejection at `--max-connections` was last logged, and how many were not since.
-    rejections: (Option<Instant>, u64),
+    /// The accept budget of a turn ran out with connections perhaps still waiting.
+    accept_more: bool,
+    /// Rate limits for the lines that clients can cause.
+    log_limit: LogLimit,
     /// Set once shutdown began: when to give up delivering.
     shutdown_deadline: Option<Instant>,
     /// When to next look for idle clients (only with `--idle-timeout`).
     next_idle_check: Option<Instant>,
-    /// `log.appended()` when the last flush round began: what is new since.
-    flushed_up_to: u64,
-    /// Something other than new input needs a flush round soon: a blocked receiver became
-    /// writable, or a client closed its side.
-    flush_now: bool,
-    /// When the last flush round ended and how long it took, to space small rounds.
-    last_round: (Instant, Duration),
-    /// The flush round under way, if any.
-    round: Option<Round>,
     stats: Stats,
 }
 
@@ -169,8 +156,9 @@ impl Server {
     /// Binds the listening socket and raises the open-files limit; nothing is served until
     /// [`run`](Self::run).
     pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
         match sys::raise_open_files_limit() {
-            Ok(limit) if (limit as usize) < config.max_connections + 32 => warn!(
+            Ok(limit) if (limit as usize) < config.max_connections.saturating_add(32) => warn!(
                 "open-files limit is {limit}: fewer than --max-connections {} can be served \
                  (raise the hard limit with ulimit -Hn)",
                 config.max_connections
@@ -196,31 +184,30 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(ServerError::Setup)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Setup)?);
-        let next_idle_check = config
-            .idle_timeout
-            .map(|t| Instant::now() + idle_check_every(t));
+        let timer = Timer::new(poll.registry(), TIMER).map_err(ServerError::Setup)?;
+        let now = Instant::now();
+        let next_idle_check = config.idle_timeout.map(|t| later(now, idle_check_every(t)));
         Ok(Server {
             poll,
             listener: Some(listener),
             local_addr,
             config,
             conns: Slab::new(),
-            log: Log::new(),
-            scratch: BytesMut::new(),
+            fanout: Fanout::new(now),
+            sequencer: Sequencer,
+            bufs: ReadBuffers::default(),
             read_queue: VecDeque::new(),
             closing: Vec::new(),
             next_id: 0,
             signals: None,
             waker,
             shutdown_requested: Arc::new(AtomicBool::new(false)),
+            timer,
             accept_paused_until: None,
-            rejections: (None, 0),
+            accept_more: false,
+            log_limit: LogLimit::default(),
             shutdown_deadline: None,
             next_idle_check,
-            flushed_up_to: 0,
-            flush_now: false,
-            last_round: (Instant::now(), Duration::ZERO),
-            round: None,
             stats: Stats::default(),
         })
     }
@@ -279,23 +266,30 @@ impl Server {
                             self.begin_shutdown(now, "shutdown requested");
                         }
                     }
+                    TIMER => self.timer.fired(),
                     Token(key) => self.on_ready(key, event),
                 }
             }
-            if self.shutdown_deadline.is_none() {
-                self.read_queued(now);
-                self.close_pending();
-            }
-            if self.round.is_some() || self.next_flush_at().is_some_and(|at| at <= now) {
-                self.flush_step();
-                self.close_pending();
+            self.read_queued(now);
+            self.close_pending(now);
+            if self.fanout.in_round() || self.fanout.next_round_at().is_some_and(|at| at <= now) {
+                let policy = self.policy();
+                self.fanout.step(
+                    &mut self.conns,
+                    self.poll.registry(),
+                    policy,
+                    &mut self.log_limit,
+                    &mut self.closing,
+                );
+                self.close_pending(now);
             }
             self.housekeeping(now);
             if self.shutdown_is_done(now) {
                 break;
             }
         }
-        self.stats.messages = self.log.end_seq();
+        self.stats.messages = self.fanout.log.end_seq();
+        self.stats.dropped = self.fanout.dropped;
         info!(
             "stopped: {} connections served, {} rejected, {} messages relayed, {} dropped for slow consumers, disconnects {:?}",
             self.stats.accepted,
@@ -307,33 +301,57 @@ impl Server {
         Ok(self.stats)
     }
 
-    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.read_queue.is_empty() || self.round.is_some() {
+    fn policy(&self) -> Policy {
+        Policy {
+            echo_self: self.config.echo_self,
+            max_pending: self.config.max_pending,
+            slow_consumer: self.config.slow_consumer,
+            draining: self.shutdown_deadline.is_some(),
+        }
+    }
+
+    /// How long the next poll may block: not at all while work is left over from this turn;
+    /// else until the earliest deadline, which goes to the timer (`epoll_wait` would round
+    /// it up to whole milliseconds), or for ever when there is none.
+    fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
+        if !self.read_queue.is_empty() || self.fanout.in_round() || self.accept_more {
             return Some(Duration::ZERO);
         }
-        [
+        let paused = self.listener.is_some().then_some(self.accept_paused_until);
+        let next = [
             self.next_idle_check,
-            self.accept_paused_until,
+            paused.flatten(),
             self.shutdown_deadline,
-            self.next_flush_at(),
+            self.fanout.next_round_at(),
         ]
         .into_iter()
         .flatten()
-        .min()
-        .map(|at| at.saturating_duration_since(now))
+        .min();
+        if next.is_some_and(|at| at <= now) {
+            return Some(Duration::ZERO);
+        }
+        match self.timer.set(next, now) {
+            Ok(()) => None,
+            Err(e) => {
+                warn!("cannot arm the loop's timer ({e}); waiting in whole milliseconds");
+                next.map(|at| at - now)
+            }
+        }
     }
 
-    /// Accepts until `WouldBlock` (the listener is edge-triggered too).
+    /// Accepts until `WouldBlock` (the listener is edge-triggered too), or [`ACCEPTS_PER_TURN`]
+    /// connections, coming back next turn for the rest.
     fn accept(&mut self, now: Instant) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
+        self.accept_more = false;
         if self.accept_paused_until.is_some_and(|t| now < t) {
             return;
         }
         self.accept_paused_until = None;
-        loop {
-            let (mut socket, peer) = match listener.accept() {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (socket, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if listener::is_connection_error(&e) => continue,
@@ -354,46 +372,42 @@ impl Server {
             if self.conns.len() >= self.config.max_connections {
                 self.stats.rejected += 1;
                 // A flood of connections at the limit gets one line a second, not one each.
-                let (last, unlogged) = &mut self.rejections;
-                if !last.is_some_and(|t| now.saturating_duration_since(t) < REJECT_LOG_EVERY) {
+                if let Some(unlogged) = self.log_limit.allow("rejected", now) {
                     warn!(
                         peer = %peer,
                         "rejected: {} connections already open (--max-connections); {} more rejected since the last such line",
                         self.conns.len(),
                         unlogged
                     );
-                    *last = Some(now);
-                    *unlogged = 0;
-                } else {
-                    *unlogged += 1;
                 }
                 continue; // dropping `socket` closes it
             }
-            if let Err(e) = socket.set_nodelay(true) {
-                debug!(peer = %peer, "cannot set TCP_NODELAY: {e}");
-            }
-            let entry = self.conns.vacant_entry();
-            let token = Token(entry.key());
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut socket, token, Interest::READABLE)
-            {
-                warn!(peer = %peer, "cannot register connection: {e}");
-                continue;
-            }
-            let decoder = Decoder::new(self.config.protocol, self.config.max_message);
-            entry.insert(Connection::new(
-                socket,
-                peer,
-                self.next_id,
-                decoder,
-                &self.log,
-            ));
-            self.next_id += 1;
-            self.stats.accepted += 1;
-            debug!(peer = %peer, "connected");
+            self.admit(socket, peer, now);
         }
+        self.accept_more = true;
+    }
+
+    /// Registers an accepted connection and makes it a receiver.
+    fn admit(&mut self, mut socket: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+        if let Err(e) = Connection::configure(&socket) {
+            debug!(peer = %peer, "cannot set socket options: {e}");
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, Token(key), Interest::READABLE)
+        {
+            warn!(peer = %peer, "cannot register connection: {e}");
+            return;
+        }
+        let decoder = Decoder::new(self.config.protocol, self.config.max_message);
+        let conn = entry.insert(Connection::new(socket, peer, self.next_id, decoder, now));
+        self.fanout.join(key, conn);
+        self.next_id += 1;
+        self.stats.accepted += 1;
+        debug!(peer = %peer, "connected");
     }
 
     fn on_signal(&mut self, now: Instant) {
@@ -412,10 +426,10 @@ impl Server {
         };
         if event.is_writable() && conn.blocked {
             conn.blocked = false;
-            self.flush_now = true;
+            self.fanout.wake(key, conn);
         }
         let has_input = event.is_readable() || event.is_read_closed() || event.is_error();
-        if has_input && !conn.queued && conn.eof_at.is_none() && self.shutdown_deadline.is_none() {
+        if has_input && !conn.queued && conn.eof_at.is_none() {
             conn.queued = true;
             self.read_queue.push_back((key, conn.id));
         }
@@ -423,12 +437,14 @@ impl Server {
 
     /// Reads queued connections, each up to its budget, until the input taken since the last
     /// flush round began reaches `max(--max-pending / 4, 64 KiB)`. That bounds how far the log
-    /// can grow past `--max-pending` before the round trims it; connections not reached stay
-    /// queued, in order, for the next turn.
+    /// can grow past `--max-pending` before the round's trim; connections not reached stay
+    /// queued, in order, for the next turn. Each visit's messages go to the sequencer as one
+    /// batch. During shutdown input is read and thrown away instead.
     fn read_queued(&mut self, now: Instant) {
         let budget = (self.config.max_pending / 4).max(MIN_ROUND_INPUT) as u64;
+        let draining = self.shutdown_deadline.is_some();
         for _ in 0..self.read_queue.len() {
-            if self.log.appended() - self.flushed_up_to >= budget {
+            if !draining && self.fanout.unflushed() >= budget {
                 break;
             }
             let Some((key, id)) = self.read_queue.pop_front() else {
@@ -437,13 +453,21 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
                 continue;
             };
-            match conn.read(&mut self.scratch, &mut self.log, READ_BUDGET, now) {
+            let result = if draining {
+                conn.discard(&mut self.bufs.scratch, READ_BUDGET)
+            } else {
+                conn.read(&mut self.bufs, READ_BUDGET, now)
+            };
+            // What was read before an error or the end is relayed all the same.
+            self.sequencer
+                .sequence(&mut self.bufs.batch, &mut self.fanout.log);
+            match result {
                 Ok(Input::More) => self.read_queue.push_back((key, id)),
                 Ok(Input::Drained) => conn.queued = false,
                 Ok(Input::Eof) => {
                     conn.queued = false;
-                    conn.eof_at = Some(self.log.end_seq());
-                    self.flush_now = true;
+                    conn.eof_at = Some(self.fanout.log.end_seq());
+                    self.fanout.wake(key, conn);
                     debug!(peer = %conn.peer, "client closed its sending side");
                 }
                 Err(reason) => {
@@ -454,141 +478,62 @@ impl Server {
         }
     }
 
-    /// When the next flush round should start; `None` while nothing waits to be written. A
-    /// round is due at once when much is new or a receiver became writable; a round that would
-    /// carry little waits until [`FLUSH_SPACING`] times the last round's duration has passed
-    /// since it ended (at most [`MAX_FLUSH_DELAY`]), so that rounds carry several messages.
-    fn next_flush_at(&self) -> Option<Instant> {
-        let new = self.log.appended() - self.flushed_up_to;
-        let (ended, took) = self.last_round;
-        if self.flush_now || new >= COALESCE_BYTES {
-            Some(ended)
-        } else if new > 0 {
-            Some(ended + (took * FLUSH_SPACING).min(MAX_FLUSH_DELAY))
-        } else {
-            None
-        }
-    }
-
-    /// Takes the next step of the flush round (starting one if none is under way): writes up to
-    /// [`WRITES_PER_STEP`] receivers that are behind and not blocked, in slab order. A round
-    /// over many receivers thus spans several turns of the loop, so input keeps being read and
-    /// receivers not yet visited get what arrived meanwhile in the same round. When the round
-    /// has visited everyone, the log is trimmed: what all have been sent goes, and beyond
-    /// `--max-pending` the oldest goes, making slow consumers of those it overtakes.
-    fn flush_step(&mut self) {
-        let Server {
-            poll,
-            conns,
-            log,
-            closing,
-            config,
-            stats,
-            flushed_up_to,
-            flush_now,
-            last_round,
-            round,
-            ..
-        } = self;
-        let round = round.get_or_insert_with(|| {
-            *flushed_up_to = log.appended();
-            *flush_now = false;
-            Round {
-                next_key: 0,
-                started: Instant::now(),
-                oldest_needed: u64::MAX,
-            }
-        });
-        let mut writes = 0;
-        let mut key = round.next_key;
-        while key < conns.capacity() && writes < WRITES_PER_STEP {
-            let this = key;
-            key += 1;
-            let Some(conn) = conns.get_mut(this) else {
-                continue;
-            };
-            if conn.cursor.has_fallen_off(log) {
-                if let Some(reason) = fall_behind(conn, log, config, stats) {
-                    closing.push((this, reason));
-                    continue;
-                }
-            }
-            if !conn.blocked && conn.cursor.is_behind(log) {
-                writes += 1;
-                let result = conn
-                    .flush(log, config.echo_self)
-                    .and_then(|flushed| set_writable_interest(poll, this, conn, flushed));
-                if let Err(e) = result {
-                    closing.push((this, DisconnectReason::Reset(e)));
-                    continue;
-                }
-            }
-            if conn.is_finished() {
-                closing.push((this, DisconnectReason::Closed));
-                continue;
-            }
-            round.oldest_needed = round.oldest_needed.min(conn.cursor.next_seq());
-        }
-        round.next_key = key;
-        if key < conns.capacity() {
-            return;
-        }
-        // Receivers connected during the round start at the end of the log: they need
-        // nothing older than what the visited ones need.
-        log.trim_before(round.oldest_needed);
-        if log.bytes() > config.max_pending {
-            log.trim_to(config.max_pending);
-            // Deal with those the trim overtook now rather than at their next event.
-            for (key, conn) in conns.iter_mut() {
-                if conn.cursor.has_fallen_off(log) {
-                    if let Some(reason) = fall_behind(conn, log, config, stats) {
-                        closing.push((key, reason));
-                    }
-                }
-            }
-        }
-        let ended = Instant::now();
-        *last_round = (ended, ended - round.started);
-        tracing::trace!(
-            took_us = (ended - round.started).as_micros() as u64,
-            "flush round"
-        );
-        self.round = None;
-    }
-
     /// Closes the connections queued in `closing`, logging each with its peer and reason.
-    fn close_pending(&mut self) {
-        for (key, reason) in self.closing.drain(..) {
+    fn close_pending(&mut self, now: Instant) {
+        for (key, reason) in std::mem::take(&mut self.closing) {
             let Some(mut conn) = self.conns.try_remove(key) else {
                 continue; // already closed for an earlier reason this turn
             };
+            self.fanout.leave(&conn, &mut self.conns);
             // Closing the socket removes it from epoll anyway; a failure here changes nothing.
             let _ = self.poll.registry().deregister(&mut conn.socket);
+            if reason.aborts() {
+                conn.abort_on_close();
+            } else if matches!(reason, DisconnectReason::Shutdown { .. }) {
+                // Unread input would turn the close into a reset that destroys what the
+                // client has not read yet; read it first. A failure is beside the point now.
+                let _ = conn.discard(&mut self.bufs.scratch, READ_BUDGET);
+            }
             *self.stats.disconnects.entry(reason.kind()).or_default() += 1;
-            let peer = conn.peer;
-            let dropped = conn.dropped;
-            match reason {
-                DisconnectReason::Closed => debug!(peer = %peer, dropped, "disconnected: {reason}"),
-                _ if reason.is_failure() => warn!(peer = %peer, dropped, "disconnected: {reason}"),
-                _ => info!(peer = %peer, dropped, "disconnected: {reason}"),
+            let (peer, dropped) = (conn.peer, conn.dropped);
+            if reason.is_quiet() {
+                debug!(peer = %peer, dropped, "disconnected: {reason}");
+                continue;
+            }
+            // Clients can cause these by the thousand: one line a second per kind.
+            let Some(suppressed) = self.log_limit.allow(reason.kind(), now) else {
+                continue;
+            };
+            if reason.is_failure() {
+                warn!(peer = %peer, dropped, suppressed, "disconnected: {reason}");
+            } else {
+                info!(peer = %peer, dropped, suppressed, "disconnected: {reason}");
             }
         }
     }
 
-    /// Timers: idle clients, paused accepts.
+    /// Timers: idle clients, paused or unfinished accepts.
     fn housekeeping(&mut self, now: Instant) {
         if let (Some(timeout), Some(at)) = (self.config.idle_timeout, self.next_idle_check) {
             if now >= at {
-                for (key, conn) in self.conns.iter() {
-                    if now.saturating_duration_since(conn.last_input) >= timeout {
+                let log = &self.fanout.log;
+                for &(key, _) in self.fanout.members() {
+                    let Some(conn) = self.conns.get(key) else {
+                        continue;
+                    };
+                    // A client that closed its side and is still being sent its backlog is
+                    // not idle: it has nothing more to send.
+                    let owed_after_eof = conn.eof_at.is_some() && conn.cursor.is_behind(log);
+                    if !owed_after_eof && now.saturating_duration_since(conn.last_input) >= timeout
+                    {
                         self.closing.push((key, DisconnectReason::Idle(timeout)));
                     }
                 }
-                self.close_pending();
-                self.next_idle_check = Some(now + idle_check_every(timeout));
+                self.close_pending(now);
+                self.next_idle_check = Some(later(now, idle_check_every(timeout)));
             }
         }
-        if self.accept_paused_until.is_some_and(|t| now >= t) {
+        if self.accept_more || self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept(now);
         }
     }
@@ -601,88 +546,49 @@ impl Server {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        // Nothing is accepted any more: no pause to wait out.
+        self.accept_paused_until = None;
+        self.accept_more = false;
         info!(
             "shutting down ({why}): refusing new connections, delivering queued messages for up to {}s",
             self.config.shutdown_timeout.as_secs_f64()
         );
-        self.read_queue.clear();
-        for (_, conn) in self.conns.iter_mut() {
-            conn.queued = false;
-        }
-        self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
+        // Everyone is visited once more: those sent all are half-closed at once.
+        self.fanout.visit_all_soon();
+        self.shutdown_deadline = Some(later(now, self.config.shutdown_timeout));
     }
 
-    /// During shutdown: done once nobody is owed anything, or when the deadline passes (those
-    /// still owed are then closed with a log line saying so).
+    /// During shutdown: done once every client has been sent all it was owed and has closed
+    /// its side after our end of stream, or when the deadline passes (those left are then
+    /// closed with a log line saying whether they were still owed anything).
     fn shutdown_is_done(&mut self, now: Instant) -> bool {
         let Some(deadline) = self.shutdown_deadline else {
             return false;
         };
-        let log = &self.log;
-        let owed = |(_, c): &(usize, &Connection)| c.cursor.is_behind(log);
-        if !self.conns.iter().any(|entry| owed(&entry)) {
+        if self.conns.is_empty() {
             return true;
         }
         if now < deadline {
             return false;
         }
-        let late = self.conns.iter().filter(owed);
-        self.closing
-            .extend(late.map(|(key, _)| (key, DisconnectReason::Shutdown)));
-        self.close_pending();
+        let log = &self.fanout.log;
+        for &(key, _) in self.fanout.members() {
+            if let Some(conn) = self.conns.get(key) {
+                let owed = conn.cursor.is_behind(log);
+                self.closing
+                    .push((key, DisconnectReason::Shutdown { owed }));
+            }
+        }
+        self.close_pending(now);
         true
     }
 }
 
-/// Applies `--slow-consumer` to a receiver the log has left behind. Returns the reason to
-/// close it, or `None` when it was skipped ahead instead.
-fn fall_behind(
-    conn: &mut Connection,
-    log: &Log,
-    config: &ServerConfig,
-    stats: &mut Stats,
-) -> Option<DisconnectReason> {
-    match config.slow_consumer {
-        SlowConsumerPolicy::Disconnect => Some(DisconnectReason::SlowConsumer {
-            max_pending: config.max_pending,
-        }),
-        SlowConsumerPolicy::Drop => {
-            let skipped = conn.cursor.skip_to_first(log);
-            if conn.dropped == 0 {
-                warn!(
-                    peer = %conn.peer,
-                    skipped,
-                    "slow consumer: fell more than {} bytes behind, skipping messages (--slow-consumer drop)",
-                    config.max_pending
-                );
-            }
-            conn.dropped += skipped;
-            stats.dropped += skipped;
-            None
-        }
-    }
-}
-
-/// Keeps WRITABLE in the registered interest exactly while the receiver is blocked.
-fn set_writable_interest(
-    poll: &Poll,
-    key: usize,
-    conn: &mut Connection,
-    flushed: Flushed,
-) -> io::Result<()> {
-    let blocked = flushed == Flushed::Blocked;
-    conn.blocked = blocked;
-    if conn.wants_writable != blocked {
-        let interest = if blocked {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        poll.registry()
-            .reregister(&mut conn.socket, Token(key), interest)?;
-        conn.wants_writable = blocked;
-    }
-    Ok(())
+/// `now + after`, or a century from now when that overflows (a library caller may ask for
+/// `Duration::MAX`).
+fn later(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// How often to look for idle clients: often enough that one is closed within a quarter of the

@@ -1,9 +1,10 @@
 use std::io::{self, Write};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+use crate::server::Entry;
 
 /// An in-memory socket that accepts a scripted number of bytes per write, then `WouldBlock`.
 struct Sink {
@@ -72,6 +73,16 @@ impl Write for Sink {
     }
 }
 
+/// Appends `msgs` as the server does with the messages of one read: ranges of one block.
+fn append_block(log: &mut Log, msgs: &[(&[u8], u64)]) {
+    let block: Bytes = msgs.iter().flat_map(|(m, _)| m.iter().copied()).collect();
+    let mut start = 0;
+    for (m, origin) in msgs {
+        log.push(Entry::new(block.clone(), start, m.len(), *origin).unwrap());
+        start += m.len();
+    }
+}
+
 fn log_with(msgs: &[(&'static [u8], u64)]) -> Log {
     let mut log = Log::new();
     for (m, origin) in msgs {
@@ -109,7 +120,8 @@ fn a_message_partly_sent_is_finished_even_after_the_log_forgets_it() {
     assert_eq!(c.flush(&log, None, &mut sink).unwrap(), Flushed::Blocked);
     log.trim_to(0);
     assert!(c.has_fallen_off(&log));
-    assert_eq!(c.skip_to_first(&log), 1);
+    assert_eq!(c.skip_to_newest(&log), 1, "world, never begun, is skipped");
+    assert_eq!(c.skip_to_newest(&log), 0, "skipping again skips nothing");
     log.append(Bytes::from_static(b"again\n"), 1);
     let mut rest = Sink::new(vec![Some(usize::MAX)]);
     c.flush(&log, None, &mut rest).unwrap();
@@ -135,12 +147,8 @@ fn socket_errors_are_returned() {
 
 #[test]
 fn adjacent_messages_of_one_batch_go_out_as_one_slice() {
-    let mut buf = BytesMut::from(&b"a\nb\nc\n"[..]);
     let mut log = Log::new();
-    let batch = log.batch();
-    for _ in 0..3 {
-        log.append_in_batch(buf.split_to(2).freeze(), 1, batch);
-    }
+    append_block(&mut log, &[(b"a\n", 1), (b"b\n", 1), (b"c\n", 1)]);
     struct Slices(Vec<usize>);
     impl Write for Slices {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -161,11 +169,7 @@ fn adjacent_messages_of_one_batch_go_out_as_one_slice() {
     // The sender's own message in the middle splits the run.
     let mut out = Slices(Vec::new());
     let mut log2 = Log::new();
-    let mut buf = BytesMut::from(&b"a\nb\nc\n"[..]);
-    let batch = log2.batch();
-    for origin in [1, 2, 1] {
-        log2.append_in_batch(buf.split_to(2).freeze(), origin, batch);
-    }
+    append_block(&mut log2, &[(b"a\n", 1), (b"b\n", 2), (b"c\n", 1)]);
     Cursor::at(0).flush(&log2, Some(2), &mut out).unwrap();
     assert_eq!(out.0, vec![2, 2]);
 }
@@ -187,13 +191,9 @@ proptest! {
         let mut sink = Sink::progressing(script);
         let mut want = Vec::new();
         for msgs in &batches {
-            let mut buf = BytesMut::new();
-            for (m, _) in msgs {
-                buf.extend_from_slice(m);
-            }
-            let batch = log.batch();
-            for (m, origin) in msgs {
-                log.append_in_batch(buf.split_to(m.len()).freeze(), *origin, batch);
+            let msgs: Vec<(&[u8], u64)> = msgs.iter().map(|(m, o)| (&m[..], *o)).collect();
+            append_block(&mut log, &msgs);
+            for (m, origin) in &msgs {
                 if Some(*origin) != skip {
                     want.extend_from_slice(m);
                 }
@@ -230,4 +230,50 @@ proptest! {
             .collect();
         prop_assert_eq!(sink.got, want);
     }
+}
+
+#[test]
+fn a_receiver_skipped_again_and_again_copies_its_unsent_rest_once() {
+    let block = Bytes::from_static(b"hello\n");
+    let mut log = Log::new();
+    log.push(Entry::whole(block.clone(), 1).unwrap());
+    let mut c = Cursor::at(0);
+    let mut sink = Sink::new(vec![Some(2), None]);
+    assert_eq!(c.flush(&log, None, &mut sink).unwrap(), Flushed::Blocked);
+    let shared = c.partial.as_ref().unwrap().as_ptr();
+    assert_eq!(
+        shared,
+        block[2..].as_ptr(),
+        "before any skip it shares the block"
+    );
+    log.trim_to(0);
+    c.skip_to_newest(&log);
+    let copied = c.partial.as_ref().unwrap().as_ptr();
+    assert_ne!(
+        copied, shared,
+        "the first skip copies the rest out of the block"
+    );
+    log.append(Bytes::from_static(b"more\n"), 1);
+    log.trim_to(0);
+    c.skip_to_newest(&log);
+    assert_eq!(
+        c.partial.as_ref().unwrap().as_ptr(),
+        copied,
+        "later skips do not copy again"
+    );
+    let mut rest = Sink::new(vec![Some(usize::MAX)]);
+    c.flush(&log, None, &mut rest).unwrap();
+    assert_eq!(rest.got, b"llo\n");
+}
+
+#[test]
+fn a_skipped_receiver_resumes_at_the_newest_message() {
+    let mut log = log_with(&[(b"a\n", 1), (b"b\n", 1), (b"c\n", 1)]);
+    log.trim_before(1);
+    let mut c = Cursor::at(0);
+    assert!(c.has_fallen_off(&log));
+    assert_eq!(c.skip_to_newest(&log), 2, "a and b are skipped");
+    let mut sink = Sink::new(vec![Some(usize::MAX)]);
+    c.flush(&log, None, &mut sink).unwrap();
+    assert_eq!(sink.got, b"c\n");
 }

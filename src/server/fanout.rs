@@ -1,0 +1,386 @@
+//! Fan-out: the log, the receivers' membership, and the flush rounds that write them.
+//!
+//! A round writes every receiver that is behind with [`Connection::flush`]. It is *full* when
+//! there is new input (every receiver is behind then) or when asked for one: it visits every
+//! member, and when it is over the log is trimmed to what the slowest still needs and to
+//! `--max-pending`. Otherwise it visits only the receivers woken since the last round (they
+//! became writable or closed their side), so a writable event costs one write, not a walk over
+//! everyone. Rounds walk the dense list of members, never the slab's high-water mark.
+//!
+//! When a round is due is a plain function of the state and the clock
+//! ([`Fanout::next_round_at`]), unit-tested without sockets.
+
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+use tracing::warn;
+
+use super::connection::Connection;
+use super::cursor::{Cursor, Flushed};
+use super::disconnect::DisconnectReason;
+use super::log::Log;
+use super::ratelimit::LogLimit;
+use crate::config::SlowConsumerPolicy;
+
+/// New input at which a flush round starts at once. Below it, a round may wait (see below) so
+/// that each write to each receiver carries several messages rather than one.
+const COALESCE_BYTES: u64 = 16 * 1024;
+/// A small round waits until this many times the last round's duration has passed since it
+/// ended (at most [`MAX_FLUSH_DELAY`]): short rounds that carry little then take at most
+/// 1/(1 + this) of the loop's time. A round costs about one write per receiver whatever it
+/// carries, so the wait lets each write carry several messages.
+const FLUSH_SPACING: u32 = 4;
+/// Receivers written per step of a flush round, between which the loop polls and reads.
+const WRITES_PER_STEP: usize = 256;
+/// The longest a round waits for more input: the latency coalescing may add. The wait is
+/// real to the microsecond (the loop's timer is a timerfd, not `epoll_wait`'s milliseconds).
+const MAX_FLUSH_DELAY: Duration = Duration::from_micros(250);
+
+/// What the fan-out is told by the configuration and the server's state.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Whether a sender also receives its own messages.
+    pub echo_self: bool,
+    /// Bytes the log may hold (as [`Log::held`] counts them).
+    pub max_pending: usize,
+    /// What happens to a receiver the log leaves behind.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Shutting down: half-close each receiver once it is sent all.
+    pub draining: bool,
+}
+
+/// The bookkeeping of one flush round, apart from the writes.
+#[derive(Debug)]
+pub struct Round {
+    /// (slab key, connection id) of the receivers to visit, in order.
+    visit: Vec<(usize, u64)>,
+    /// Index into `visit` of the next one.
+    next: usize,
+    started: Instant,
+    /// Whether the round visits every member (and so may trim the log when it ends).
+    full: bool,
+    /// The lowest sequence number a receiver still needs, over those visited and those that
+    /// joined while the round was under way.
+    oldest_needed: u64,
+}
+
+impl Round {
+    fn new(visit: Vec<(usize, u64)>, full: bool, started: Instant) -> Self {
+        Round {
+            visit,
+            next: 0,
+            started,
+            full,
+            oldest_needed: u64::MAX,
+        }
+    }
+
+    /// A receiver was visited and needs the log from `seq` on.
+    fn visited(&mut self, seq: u64) {
+        self.oldest_needed = self.oldest_needed.min(seq);
+    }
+
+    /// A receiver joined during the round at `seq`: the round will not visit it, but the trim
+    /// must not take what it needs.
+    fn joined(&mut self, seq: u64) {
+        self.oldest_needed = self.oldest_needed.min(seq);
+    }
+
+    /// Where the log may be trimmed when a full round ends: before the oldest message anyone
+    /// still needs, and never past `end_seq` (nothing newer than the log exists).
+    fn trim_point(&self, end_seq: u64) -> u64 {
+        self.oldest_needed.min(end_seq)
+    }
+}
+
+/// The log and everything that decides who is written when.
+#[derive(Debug)]
+pub struct Fanout {
+    /// Every message relayed and not yet sent to all receivers, in the one order all see.
+    pub log: Log,
+    /// (slab key, connection id) of every connection, densely, so rounds and sweeps cost in
+    /// proportion to the connections there are, not to the most there ever were.
+    members: Vec<(usize, u64)>,
+    /// Receivers to visit in the next round even without new input.
+    woken: Vec<(usize, u64)>,
+    /// The round under way, if any.
+    round: Option<Round>,
+    /// A visit list kept from the last round, to reuse its allocation.
+    spare: Vec<(usize, u64)>,
+    /// `log.appended()` when the last full round began: what is new since.
+    flushed_up_to: u64,
+    /// A full round was asked for (shutdown began).
+    full_due: bool,
+    /// When the last round ended and how long it took, to space small rounds.
+    last_round: (Instant, Duration),
+    /// Messages skipped for slow consumers under `--slow-consumer drop`.
+    pub dropped: u64,
+}
+
+impl Fanout {
+    pub fn new(now: Instant) -> Self {
+        Fanout {
+            log: Log::new(),
+            members: Vec::new(),
+            woken: Vec::new(),
+            round: None,
+            spare: Vec::new(),
+            flushed_up_to: 0,
+            full_due: false,
+            last_round: (now, Duration::ZERO),
+            dropped: 0,
+        }
+    }
+
+    /// (slab key, connection id) of every connection.
+    pub fn members(&self) -> &[(usize, u64)] {
+        &self.members
+    }
+
+    /// A new connection: it receives what is appended from now on.
+    pub fn join(&mut self, key: usize, conn: &mut Connection) {
+        conn.cursor = Cursor::at(self.log.end_seq());
+        conn.member_index = self.members.len();
+        self.members.push((key, conn.id));
+        if let Some(round) = &mut self.round {
+            round.joined(self.log.end_seq());
+        }
+    }
+
+    /// A connection removed from the slab leaves.
+    pub fn leave(&mut self, conn: &Connection, conns: &mut Slab<Connection>) {
+        let i = conn.member_index;
+        debug_assert_eq!(self.members.get(i).map(|m| m.1), Some(conn.id));
+        self.members.swap_remove(i);
+        if let Some(&(moved, _)) = self.members.get(i) {
+            if let Some(c) = conns.get_mut(moved) {
+                c.member_index = i;
+            }
+        }
+    }
+
+    /// Asks for `conn` to be visited in the next round although there may be no new input.
+    pub fn wake(&mut self, key: usize, conn: &mut Connection) {
+        if !conn.woken {
+            conn.woken = true;
+            self.woken.push((key, conn.id));
+        }
+    }
+
+    /// Asks for the next round to visit everyone.
+    pub fn visit_all_soon(&mut self) {
+        self.full_due = true;
+    }
+
+    /// Input taken since the last full round began.
+    pub fn unflushed(&self) -> u64 {
+        self.log.appended() - self.flushed_up_to
+    }
+
+    pub fn in_round(&self) -> bool {
+        self.round.is_some()
+    }
+
+    /// When the next flush round should start; `None` while nothing waits to be written. A
+    /// round is due at once when much is new, a full round was asked for or a receiver was
+    /// woken; a round that would carry little waits until [`FLUSH_SPACING`] times the last
+    /// round's duration has passed since it ended (at most [`MAX_FLUSH_DELAY`]), so that rounds
+    /// carry several messages.
+    pub fn next_round_at(&self) -> Option<Instant> {
+        let new = self.unflushed();
+        let (ended, took) = self.last_round;
+        if self.full_due || !self.woken.is_empty() || new >= COALESCE_BYTES {
+            Some(ended)
+        } else if new > 0 {
+            Some(ended + (took * FLUSH_SPACING).min(MAX_FLUSH_DELAY))
+        } else {
+            None
+        }
+    }
+
+    /// Takes the next step of the flush round (starting one if none is under way): writes up to
+    /// [`WRITES_PER_STEP`] receivers that are behind and not blocked. A round over many
+    /// receivers thus spans several turns of the loop, so input keeps being read and receivers
+    /// not visited yet get what arrived meanwhile in the same round. Connections to close are
+    /// pushed onto `closing`.
+    pub fn step(
+        &mut self,
+        conns: &mut Slab<Connection>,
+        registry: &Registry,
+        policy: Policy,
+        log_limit: &mut LogLimit,
+        closing: &mut Vec<(usize, DisconnectReason)>,
+    ) {
+        if self.round.is_none() {
+            self.start_round(conns);
+        }
+        let Fanout {
+            log,
+            round,
+            dropped,
+            ..
+        } = self;
+        let Some(round) = round else { return };
+        let mut writes = 0;
+        while round.next < round.visit.len() && writes < WRITES_PER_STEP {
+            let (key, id) = round.visit[round.next];
+            round.next += 1;
+            let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {
+                continue; // closed since the round began
+            };
+            conn.woken = false;
+            if conn.cursor.has_fallen_off(log) {
+                if let Some(reason) = fall_behind(conn, log, policy, dropped, log_limit) {
+                    closing.push((key, reason));
+                    continue;
+                }
+            }
+            if !conn.blocked && conn.cursor.is_behind(log) {
+                writes += 1;
+                let result = conn
+                    .flush(log, policy.echo_self)
+                    .and_then(|flushed| set_writable_interest(registry, key, conn, flushed));
+                if let Err(e) = result {
+                    closing.push((key, DisconnectReason::Reset(e)));
+                    continue;
+                }
+            }
+            if conn.is_finished() {
+                closing.push((key, DisconnectReason::Closed));
+                continue;
+            }
+            if policy.draining && !conn.write_shut && !conn.cursor.is_behind(log) {
+                if let Err(e) = conn.shut_write() {
+                    closing.push((key, DisconnectReason::Reset(e)));
+                    continue;
+                }
+            }
+            round.visited(conn.cursor.next_seq());
+        }
+        if round.next < round.visit.len() {
+            return;
+        }
+        if round.full {
+            self.end_full_round(conns, policy, log_limit, closing);
+        }
+        let Some(round) = self.round.take() else {
+            return;
+        };
+        let ended = Instant::now();
+        self.last_round = (ended, ended - round.started);
+        tracing::trace!(
+            took_us = (ended - round.started).as_micros() as u64,
+            full = round.full,
+            "flush round"
+        );
+        self.spare = round.visit;
+    }
+
+    fn start_round(&mut self, conns: &mut Slab<Connection>) {
+        let mut visit = std::mem::take(&mut self.spare);
+        visit.clear();
+        let full = self.full_due || self.unflushed() > 0;
+        if full {
+            // Everyone is visited: the woken need no list of their own.
+            for &(key, id) in &self.woken {
+                if let Some(c) = conns.get_mut(key).filter(|c| c.id == id) {
+                    c.woken = false;
+                }
+            }
+            self.woken.clear();
+            visit.extend_from_slice(&self.members);
+            self.flushed_up_to = self.log.appended();
+            self.full_due = false;
+        } else {
+            std::mem::swap(&mut visit, &mut self.woken);
+        }
+        self.round = Some(Round::new(visit, full, Instant::now()));
+    }
+
+    /// After a full round: forget what everyone has been sent, and beyond `--max-pending` the
+    /// oldest, dealing at once with the receivers that trim overtakes (slow consumers).
+    fn end_full_round(
+        &mut self,
+        conns: &mut Slab<Connection>,
+        policy: Policy,
+        log_limit: &mut LogLimit,
+        closing: &mut Vec<(usize, DisconnectReason)>,
+    ) {
+        let Some(round) = &self.round else { return };
+        self.log.trim_before(round.trim_point(self.log.end_seq()));
+        if self.log.held() <= policy.max_pending {
+            return;
+        }
+        self.log.trim_to(policy.max_pending);
+        for &(key, id) in &self.members {
+            let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {
+                continue;
+            };
+            if conn.cursor.has_fallen_off(&self.log) {
+                if let Some(reason) =
+                    fall_behind(conn, &self.log, policy, &mut self.dropped, log_limit)
+                {
+                    closing.push((key, reason));
+                }
+            }
+        }
+    }
+}
+
+/// Applies `--slow-consumer` to a receiver the log has left behind. Returns the reason to
+/// close it, or `None` when it was skipped ahead instead.
+fn fall_behind(
+    conn: &mut Connection,
+    log: &Log,
+    policy: Policy,
+    dropped: &mut u64,
+    log_limit: &mut LogLimit,
+) -> Option<DisconnectReason> {
+    match policy.slow_consumer {
+        SlowConsumerPolicy::Disconnect => Some(DisconnectReason::SlowConsumer {
+            max_pending: policy.max_pending,
+        }),
+        SlowConsumerPolicy::Drop => {
+            let skipped = conn.cursor.skip_to_newest(log);
+            if conn.dropped == 0 {
+                if let Some(suppressed) = log_limit.allow("slow_consumer_drop", Instant::now()) {
+                    warn!(
+                        peer = %conn.peer,
+                        skipped,
+                        suppressed,
+                        "slow consumer: fell more than {} bytes behind, skipping to the newest message (--slow-consumer drop)",
+                        policy.max_pending
+                    );
+                }
+            }
+            conn.dropped += skipped;
+            *dropped += skipped;
+            None
+        }
+    }
+}
+
+/// Keeps WRITABLE in the registered interest exactly while the receiver is blocked.
+fn set_writable_interest(
+    registry: &Registry,
+    key: usize,
+    conn: &mut Connection,
+    flushed: Flushed,
+) -> std::io::Result<()> {
+    let blocked = flushed == Flushed::Blocked;
+    conn.blocked = blocked;
+    if conn.wants_writable != blocked {
+        let interest = if blocked {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        registry.reregister(&mut conn.socket, Token(key), interest)?;
+        conn.wants_writable = blocked;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

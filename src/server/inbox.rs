@@ -1,0 +1,174 @@
+//! One client's input turned into log entries: the pure half of reading, with no I/O.
+//!
+//! Reads go into the loop's scratch block; [`Inbox::absorb`] cuts the complete messages in it
+//! into [`Entry`]s that share that block (no copy) and copies only an incomplete last message
+//! into the client's own `partial` buffer. A message that spans several reads is completed
+//! there, in a buffer sized to it, so that no message keeps a larger block alive than what
+//! `--max-pending` counts for it.
+
+use bytes::{BufMut, BytesMut};
+
+use super::log::Entry;
+use crate::protocol::{Decoder, Next, ProtocolError};
+
+/// Size of a fresh scratch block. Messages are split off it without a copy, so one block
+/// carries the messages of many reads (of all clients) until every receiver has been sent them.
+pub const READ_BLOCK: usize = 64 * 1024;
+
+/// Start a fresh scratch block when less than this is left in the current one.
+const MIN_READ: usize = 8 * 1024;
+
+/// Makes room in the loop's scratch block for the next read.
+pub fn reserve_for_read(scratch: &mut BytesMut) {
+    if scratch.capacity() - scratch.len() < MIN_READ {
+        scratch.reserve(READ_BLOCK);
+    }
+}
+
+/// The state between reads of one client: its decoder and an incomplete message.
+#[derive(Debug)]
+pub struct Inbox {
+    /// Splits this client's input into messages.
+    decoder: Decoder,
+    /// The start of a message an earlier read left incomplete; empty (and unallocated) for an
+    /// idle client. It never holds more than the message needs (a frame's exact length once
+    /// its header is known; for a line at most `--max-message` + 1).
+    partial: BytesMut,
+}
+
+impl Inbox {
+    pub fn new(decoder: Decoder) -> Self {
+        Inbox {
+            decoder,
+            partial: BytesMut::new(),
+        }
+    }
+
+    /// Bytes held for an incomplete message (its buffer's capacity, which is what it costs).
+    pub fn held(&self) -> usize {
+        self.partial.capacity()
+    }
+
+    /// Takes everything in `scratch` (just read from the client; `scratch` is empty
+    /// afterwards) and appends each message it completes to `batch`, in order. `spans` is the
+    /// loop's reusable list of message positions.
+    pub fn absorb(
+        &mut self,
+        scratch: &mut BytesMut,
+        spans: &mut Vec<(usize, usize)>,
+        origin: u64,
+        batch: &mut Vec<Entry>,
+    ) -> Result<(), ProtocolError> {
+        let result = self.split(scratch, spans, origin, batch);
+        // Whatever happened, the scratch block must hold nothing of this client when the next
+        // one reads into it.
+        scratch.clear();
+        spans.clear();
+        result
+    }
+
+    fn split(
+        &mut self,
+        scratch: &mut BytesMut,
+        spans: &mut Vec<(usize, usize)>,
+        origin: u64,
+        batch: &mut Vec<Entry>,
+    ) -> Result<(), ProtocolError> {
+        let mut pos = 0;
+        if !self.partial.is_empty() {
+            match self.decoder.continue_partial(&self.partial, scratch)? {
+                Next::Incomplete => {
+                    self.grow_partial(scratch);
+                    return Ok(());
+                }
+                Next::Skip(n) => {
+                    self.partial = BytesMut::new();
+                    pos = n;
+                }
+                Next::Message(n) => {
+                    batch.extend(Entry::whole(self.complete(&scratch[..n]), origin));
+                    pos = n;
+                }
+            }
+        }
+        // From `pos` on, `scratch` starts at a message boundary. Messages before a protocol
+        // error are still relayed; the client is closed after them.
+        let mut end = pos;
+        let mut failed = None;
+        loop {
+            match self.decoder.next(&scratch[end..]) {
+                Ok(Next::Message(n)) => {
+                    spans.push((end, n));
+                    end += n;
+                }
+                Ok(Next::Skip(n)) => end += n,
+                Ok(Next::Incomplete) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if !spans.is_empty() {
+            // The messages share the block they were read into: freeze it once.
+            let block = scratch.split_to(end).freeze();
+            batch.extend(
+                spans
+                    .iter()
+                    .filter_map(|&(start, len)| Entry::new(block.clone(), start, len, origin)),
+            );
+            end = 0;
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if scratch.len() > end {
+            self.grow_partial(&scratch[end..]);
+        }
+        Ok(())
+    }
+
+    /// At end of stream: a last unterminated line becomes a message; a partial frame is an
+    /// error.
+    pub fn finish(&mut self, origin: u64, batch: &mut Vec<Entry>) -> Result<(), ProtocolError> {
+        let mut partial = std::mem::take(&mut self.partial);
+        while let Some(msg) = self.decoder.decode_eof(&mut partial)? {
+            // Rare (once per connection): a copy keeps the entry exactly its size.
+            batch.extend(Entry::whole(bytes::Bytes::copy_from_slice(&msg), origin));
+        }
+        Ok(())
+    }
+
+    /// `partial` plus `rest` as one message, in a buffer of exactly its size.
+    fn complete(&mut self, rest: &[u8]) -> bytes::Bytes {
+        let mut partial = std::mem::take(&mut self.partial);
+        let total = partial.len() + rest.len();
+        if partial.capacity() != total {
+            let mut exact = BytesMut::with_capacity(total);
+            exact.put_slice(&partial);
+            partial = exact;
+        }
+        partial.put_slice(rest);
+        partial.freeze()
+    }
+
+    /// Appends `input` to the incomplete message, growing its buffer to the message's length
+    /// when the wire form says it, else geometrically up to the longest message allowed.
+    fn grow_partial(&mut self, input: &[u8]) {
+        let need = self.partial.len() + input.len();
+        if self.partial.capacity() < need {
+            let cap = self
+                .decoder
+                .wire_len(&self.partial, input)
+                .unwrap_or_else(|| (2 * self.partial.capacity()).min(self.decoder.max_wire_len()))
+                .max(need);
+            let mut grown = BytesMut::with_capacity(cap);
+            grown.put_slice(&self.partial);
+            self.partial = grown;
+        }
+        self.partial.put_slice(input);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! A timer with the precision of the kernel's clock, for the event loop's deadlines.
+//!
+//! # Notes
+//!
+//! `mio::Poll::poll` hands its timeout to `epoll_wait` in whole milliseconds, rounded up, so a
+//! 250 µs wait really lasts about 1 ms. Deadlines therefore go to a `timerfd` registered with
+//! the poll instead: its expiry makes the poll return, with nanosecond precision. It is armed
+//! only when the earliest deadline changes (one `timerfd_settime` per change) and disarmed
+//! when there is none, so an idle server sleeps in `epoll_wait` with no timeout at all.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+/// A one-shot `timerfd`, registered with the loop's poll.
+#[derive(Debug)]
+pub struct Timer {
+    fd: OwnedFd,
+    /// The deadline the timer is armed for, if any.
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    /// Creates the timer and registers it with `registry` under `token` (edge-triggered, as
+    /// every mio source: each expiry is one event).
+    pub fn new(registry: &Registry, token: Token) -> io::Result<Timer> {
+        // SAFETY: timerfd_create takes no pointers; a non-negative result is a new descriptor
+        // that nothing else owns.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a valid descriptor owned by no one else (see above).
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
+        Ok(Timer { fd, armed: None })
+    }
+
+    /// Makes the poll return at `at` (or never, for `None`). `now` is the current time.
+    pub fn set(&mut self, at: Option<Instant>, now: Instant) -> io::Result<()> {
+        if at == self.armed {
+            return Ok(());
+        }
+        // A zero it_value disarms; a deadline already due fires after 1 ns.
+        let after = at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(now)
+                .max(Duration::from_nanos(1))
+        });
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec for the call's duration; the old value is not
+        // asked for (null).
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Re-arming also resets the expiry count, so the descriptor never needs reading.
+        self.armed = at;
+        Ok(())
+    }
+
+    /// The timer's event arrived: it is no longer armed.
+    pub fn fired(&mut self) {
+        self.armed = None;
+    }
+}
