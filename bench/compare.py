@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
-"""Runs W1-W5 against mob and its peers, back to back, and reports medians side by side.
+"""Runs W1-W6 against mob and its peers, back to back, and reports medians side by side.
 
 Every (server, workload) run starts a fresh server pinned to CPU 0 (so its peak RSS is that
 workload's), runs `mob bench --json` pinned to CPU 1, reads the server's CPU time from
 /proc/PID/stat before and after, and stops the server by its PID. Called by bench/compare.sh.
+
+W6 first opens 10,000 connections from this script, waits until the server holds all of them,
+closes them and waits until the server has closed them too; only then does the bench start. It
+shows whether a server still pays in every round for a spike of connections that is gone.
+
+--baseline PATH adds base-line and base-frame: an older mob binary started exactly like mob-line
+and mob-frame (the bench client is always target/release/mob), run in the same rounds.
 """
 
 import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -25,7 +33,18 @@ WORKLOADS = {
     "W3": ("1 pub, 100 subs, 16 KiB, max rate", ["--publishers", "1", "--subscribers", "100", "--size", "16KiB"]),
     "W4": ("10 pubs, 100 subs, 64 B, 10,000 msg/s", ["--publishers", "10", "--subscribers", "100", "--size", "64", "--rate", "10000"]),
     "W5": ("1 pub, 10,000 subs, 64 B, 100 msg/s", ["--publishers", "1", "--subscribers", "10000", "--size", "64", "--rate", "100"]),
+    "W6": ("1 pub, 10 subs, 64 B, max rate, after a spike of 10,000 connections opened and closed",
+           ["--publishers", "1", "--subscribers", "10", "--size", "64"]),
 }
+SPIKES = {"W6": 10_000}  # workload: connections opened and closed before its bench
+SKIP = {("ncat", "W6"): "skipped: ncat --broker holds about 1,000 connections (select)"}
+
+
+def mob_serve(binary, protocol):
+    """The command that starts `binary serve` for a port, the same for the new and the old mob."""
+    return lambda p: [binary, "serve", "--listen", f"127.0.0.1:{p}", "--protocol", protocol,
+                      "--no-echo-self", "--max-connections", "20000"]
+
 
 # name: (command for a port, bench target)
 SERVERS = {
@@ -33,12 +52,19 @@ SERVERS = {
     "redis": (lambda p: ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
                          "--appendonly", "no", "--maxclients", "20000", "--loglevel", "warning"], "redis"),
     "nats": (lambda p: ["nats-server", "-a", "127.0.0.1", "-p", str(p)], "nats"),
-    "mob-line": (lambda p: [MOB, "serve", "--listen", f"127.0.0.1:{p}", "--protocol", "line", "--no-echo-self", "--max-connections", "20000"], "mob-line"),
-    "mob-frame": (lambda p: [MOB, "serve", "--listen", f"127.0.0.1:{p}", "--protocol", "frame", "--no-echo-self", "--max-connections", "20000"], "mob-frame"),
+    "mob-line": (mob_serve(MOB, "line"), "mob-line"),
+    "mob-frame": (mob_serve(MOB, "frame"), "mob-frame"),
 }
 PEERS = ["ncat", "redis", "nats"]
 MOBS = ["mob-line", "mob-frame"]
+BASES = {"base-line": "mob-line", "base-frame": "mob-frame"}  # --baseline's binary, started like these
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def add_baseline(path):
+    """Makes base-line and base-frame: mob-line and mob-frame with the binary at path."""
+    for base, mob in BASES.items():
+        SERVERS[base] = (mob_serve(path, mob.split("-", 1)[1]), SERVERS[mob][1])
 
 
 def free_port():
@@ -78,7 +104,79 @@ def peak_rss_mib(pid):
     return None
 
 
+def held_sockets(pid):
+    """Inodes of the sockets the process holds a descriptor for."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def held_from(pid, port, client_ports):
+    """How many connections from client_ports to port the server process still holds (accepted, not closed)."""
+    held = held_sockets(pid)
+    count = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], int(fields[9])
+            if (inode in held and int(local.rsplit(":", 1)[1], 16) == port
+                    and int(remote.rsplit(":", 1)[1], 16) in client_ports):
+                count += 1
+    return count
+
+
+def wait_held(pid, port, client_ports, done, what, deadline=60.0):
+    """Polls held_from until done(count) is true, or fails saying what the server did not do."""
+    end = time.monotonic() + deadline
+    while True:
+        count = held_from(pid, port, client_ports)
+        if done(count):
+            return
+        if time.monotonic() > end:
+            raise RuntimeError(f"server did not {what}: holds {count} of {len(client_ports)} spike connections")
+        time.sleep(0.02)  # nothing to wait on but the server's descriptors
+
+
+def spike(pid, port, n, batch=500):
+    """Opens n connections to the server, waits until it has accepted all, closes them, waits until it has closed all.
+
+    Connects in batches no bigger than a listen backlog, each waited for until the server accepted it,
+    so that no SYN is dropped. Nothing is sent: line, frame, Redis and NATS servers all take that.
+    Closes normally (FIN), as clients that leave do: the server takes its usual path, not a reset's,
+    and the TIME_WAIT sockets this leaves are the client side's, not the server's.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < n + 64:
+        raise RuntimeError(f"spike of {n} connections needs RLIMIT_NOFILE >= {n + 64}, hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    socks, ports = [], set()
+    try:
+        for _ in range(n):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            except OSError as e:
+                raise RuntimeError(f"spike connection {len(socks) + 1} of {n}: {e}")
+            socks.append(s)
+            ports.add(s.getsockname()[1])
+            if len(socks) % batch == 0 or len(socks) == n:
+                wait_held(pid, port, ports, lambda c: c == len(socks), "accept the spike")
+    finally:
+        for s in socks:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    wait_held(pid, port, ports, lambda c: c == 0, "close the spike")
+
+
 def run_one(server, workload, args):
+    if (server, workload) in SKIP:
+        return {"server": server, "workload": workload, "skipped": SKIP[(server, workload)]}
     cmd_for, target = SERVERS[server]
     port = free_port()
     log = open(f"target/compare-{server}-{workload}.log", "w")
@@ -87,6 +185,10 @@ def run_one(server, workload, args):
     result = {"server": server, "workload": workload}
     try:
         wait_listening(port, proc)
+        if workload in SPIKES:
+            s0 = time.monotonic()
+            spike(proc.pid, port, SPIKES[workload])
+            result["spike_s"] = time.monotonic() - s0
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         bench = subprocess.run(
             ["taskset", "-c", BENCH_CPU, MOB, "bench", f"127.0.0.1:{port}", "--target", target,
@@ -101,7 +203,7 @@ def run_one(server, workload, args):
             result.update(json.loads(bench.stdout))
         except json.JSONDecodeError:
             result["error"] = (bench.stderr.strip().splitlines() or ["no output"])[-1]
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         result["error"] = str(e)
     finally:
         proc.terminate()
@@ -128,8 +230,9 @@ def summarize(runs):
         out.setdefault((r["server"], r["workload"]), []).append(r)
     table = {}
     for key, rs in out.items():
-        ok = [r for r in rs if "error" not in r]
-        row = {"runs": len(rs), "errors": [r["error"] for r in rs if "error" in r]}
+        ok = [r for r in rs if "error" not in r and "skipped" not in r]
+        row = {"runs": len(rs), "errors": [r["error"] for r in rs if "error" in r],
+               "skipped": next((r["skipped"] for r in rs if "skipped" in r), None)}
         for k in ["delivered_per_s", "delivered_mb_per_s", "server_cpu_pct", "cpu_s_per_m", "peak_rss_mib",
                   "lost", "duplicated", "out_of_order", "corrupt", "disconnects"]:
             row[k] = median(ok, k)
@@ -150,6 +253,9 @@ def markdown(table, servers, workloads):
         for s in servers:
             row = table.get((s, w))
             if row is None:
+                continue
+            if row["skipped"]:
+                lines.append(f"| {w} | {s} | {row['skipped']} | | | | | | | | |")
                 continue
             if row["delivered_per_s"] is None:
                 lines.append(f"| {w} | {s} | failed: {'; '.join(row['errors'])[:80]} | | | | | | | | |")
@@ -177,7 +283,7 @@ def ratios(table, workloads):
         if not mobs or not peers:
             lines.append(f"| {w} | – | {'ok' if mobs else 'none clean'} | {'ok' if peers else 'none clean'} | – |")
             continue
-        if w in ("W1", "W2", "W3"):
+        if w in ("W1", "W2", "W3", "W6"):
             figs = [("delivered msg/s", "delivered_per_s", max, 1), ("CPU-s / M deliveries", "cpu_s_per_m", min, -1)]
         else:
             figs = [("p99 latency ms", "p99", min, -1), ("server CPU %", "server_cpu_pct", min, -1)]
@@ -194,16 +300,18 @@ def ratios(table, workloads):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="runs of each (server, workload); medians are reported")
-    ap.add_argument("--duration", type=float, default=5)
-    ap.add_argument("--warmup", type=float, default=1)
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--servers", default=",".join(SERVERS))
+    ap.add_argument("--duration", type=float, default=5, help="seconds measured per run")
+    ap.add_argument("--warmup", type=float, default=1, help="seconds run before measuring")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of " + ", ".join(WORKLOADS))
+    ap.add_argument("--servers", help="comma-separated, of " + ", ".join(list(SERVERS) + list(BASES))
+                    + " [default: all; base-* only with --baseline]")
+    ap.add_argument("--baseline", metavar="PATH",
+                    help="an older mob binary, run as base-line and base-frame beside mob-line and mob-frame")
     ap.add_argument("--out", default="target/compare.json", help="raw results (every run) as JSON")
     args = ap.parse_args()
-    workloads = args.workloads.split(",")
-    servers = args.servers.split(",")
+    workloads, servers = parse_selection(ap, args)
     runs = []
     total = args.rounds * len(workloads) * len(servers)
     for rnd in range(args.rounds):
@@ -211,7 +319,7 @@ def main():
             for s in servers:
                 r = run_one(s, w, args)
                 runs.append(r)
-                status = r.get("error") or f"{r.get('delivered_per_s', 0):,.0f} msg/s, p99 {r['latency_us']['p99'] / 1000:.3f} ms, cpu {r['server_cpu_pct']:.0f}%"
+                status = r.get("error") or r.get("skipped") or f"{r.get('delivered_per_s', 0):,.0f} msg/s, p99 {r['latency_us']['p99'] / 1000:.3f} ms, cpu {r['server_cpu_pct']:.0f}%"
                 print(f"[{len(runs)}/{total}] round {rnd + 1} {w} {s}: {status}", file=sys.stderr, flush=True)
     table = summarize(runs)
     with open(args.out, "w") as f:
@@ -224,6 +332,28 @@ def main():
     print("\n## mob against the best peer\n")
     print(ratios(table, workloads))
     print(f"\nRaw results: {args.out}")
+
+
+def parse_selection(ap, args):
+    """Workloads and servers asked for, checked; --baseline adds base-line and base-frame to SERVERS."""
+    workloads = args.workloads.split(",")
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        ap.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+    if args.baseline:
+        if not (os.path.isfile(args.baseline) and os.access(args.baseline, os.X_OK)):
+            ap.error(f"--baseline {args.baseline}: not an executable file")
+        args.baseline = os.path.abspath(args.baseline)
+        add_baseline(args.baseline)
+    servers = args.servers.split(",") if args.servers else list(SERVERS)
+    bases = [s for s in servers if s in BASES and s not in SERVERS]
+    if bases:
+        ap.error(f"{', '.join(bases)}: only with --baseline PATH, the older mob binary to run as {' and '.join(BASES)}")
+    unknown = [s for s in servers if s not in SERVERS]
+    if unknown:
+        known = list(SERVERS) + [b for b in BASES if b not in SERVERS]
+        ap.error(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return workloads, servers
 
 
 def machine():

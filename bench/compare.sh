@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Side by side: mob against ncat --broker, Redis pub/sub and NATS on workloads W1-W5.
+# Side by side: mob against ncat --broker, Redis pub/sub and NATS on workloads W1-W6.
 # Installs what is missing (Debian packages), builds mob, runs every server on loopback pinned to
 # CPU 0 with the load generator on CPU 1, and writes docs/BENCHMARKS.md's table and plot inputs.
+# --baseline PATH also runs an older mob binary as base-line and base-frame, in the same rounds.
 #
 #   bench/compare.sh                  # full run: 3 rounds, 5 s measured each
 #   bench/compare.sh --rounds 1 --duration 2 --workloads W1,W3 --servers mob-line,redis
+#   bench/compare.sh --rounds 1 --duration 2 --workloads W1,W6 --servers mob-line,base-line --baseline /path/to/old/mob
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
