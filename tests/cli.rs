@@ -9,9 +9,27 @@ use std::time::Duration;
 use util::{mob, Output, Server};
 
 fn fails_with(args: &[&str], needle: &str) {
-    let out = mob().args(args).output().expect("run mob");
-    assert!(!out.status.success(), "mob {args:?} should fail");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A server that starts instead of refusing would run for ever: give it a deadline.
+    let mut child = mob()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mob");
+    let stderr = Output::default();
+    let collected = stderr.clone().collect(child.stderr.take().unwrap());
+    let status = util::wait_exit(&mut child, util::DEADLINE);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = collected.join();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "mob {args:?} should fail at once, not {status:?}"
+    );
+    let stderr = stderr.text();
     assert!(
         stderr.contains(needle),
         "mob {args:?}: expected {needle:?} in:\n{stderr}"
@@ -32,6 +50,22 @@ fn bad_sizes_protocols_and_durations_are_explained() {
         &["serve", "--listen", "localhost"],
         "invalid socket address",
     );
+}
+
+#[test]
+fn extreme_settings_are_refused_not_wrapped_or_panicked_on() {
+    fails_with(&["serve", "--shutdown-timeout", "1e19"], "a year");
+    fails_with(&["serve", "--idle-timeout", "1e300"], "a year");
+    fails_with(&["serve", "--idle-timeout=-1"], "expected 0 to");
+    fails_with(
+        &["serve", "--max-message", "17179869183GiB"],
+        "--max-message",
+    );
+    fails_with(
+        &["serve", "--max-connections", &usize::MAX.to_string()],
+        "--max-connections",
+    );
+    fails_with(&["serve", "--max-connections", "0"], "--max-connections");
 }
 
 #[test]

@@ -136,3 +136,46 @@ fn clients_that_vanish_while_being_written_do_not_disturb_the_rest() {
     }
     still_relaying(&mut survivors);
 }
+
+/// A peer that vanishes without a word (machine off, cable pulled) is found on a quiet server
+/// too: every client socket has TCP keepalive, so the kernel runs its keepalive timer on it.
+#[test]
+fn client_sockets_have_tcp_keepalive() {
+    let server = Server::start(&[]);
+    let clients = connected(&server, 1);
+    let row = util::server_side_of(clients[0].local_addr(), server.addr)
+        .expect("the server's side of the connection");
+    // /proc/net/tcp's timer field: 2 is the keepalive timer.
+    assert_eq!(row.timer, 2, "no keepalive timer on {row:?}");
+}
+
+/// A client cut off for failing is closed with a reset: what the kernel still held for it is
+/// freed at once instead of lingering in FIN-WAIT-1 for as long as the peer neither reads nor
+/// closes (megabytes per cut slow consumer, outside --max-pending).
+#[test]
+fn a_slow_consumer_is_cut_off_with_a_reset_that_frees_its_socket_buffers() {
+    let server = Server::start(&["--max-pending", "1MiB"]);
+    let mut stalled = Client::connect_small_buffer(server.addr);
+    let mut publisher = server.connect();
+    publisher.send(b"ready\n");
+    stalled.expect(b"ready\n");
+    publisher.expect(b"ready\n");
+    publisher.discard_input();
+    let peer = stalled.local_addr();
+    // Publish (at most 64 MiB) until the stalled client is cut off.
+    let line = [vec![b'x'; 1023], b"\n".to_vec()].concat();
+    for _ in 0..64 * 1024 {
+        if server.log.count("disconnected: slow consumer") > 0 {
+            break;
+        }
+        publisher.send(&line);
+    }
+    server
+        .log
+        .wait_for(&[&peer.to_string(), "disconnected: slow consumer"]);
+    let left = util::server_side_of(peer, server.addr);
+    assert!(
+        left.is_none(),
+        "the cut-off client's socket lingers on the server's side: {left:?}"
+    );
+}

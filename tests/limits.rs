@@ -305,3 +305,112 @@ fn writable_interest_is_held_only_while_a_receiver_is_behind() {
         writable(&server) == 0
     });
 }
+
+/// A message that arrives split over two reads must not hold more than it counts. Each "x\n"
+/// here is sent as "x", then (once the server has read it) "\n", while a stalled receiver keeps
+/// every message in the log: before the fix each such 2-byte message pinned a 4 KiB-64 KiB read
+/// block (about 80 MiB for 20,000 of them) that --max-pending never counted.
+#[test]
+fn messages_split_over_reads_hold_only_what_they_count() {
+    let server = Server::start(&[]);
+    let mut stalled = Client::connect_small_buffer(server.addr);
+    let mut reader = server.connect();
+    let mut splitter = server.connect();
+    splitter.send(b"ready\n");
+    for c in [&mut stalled, &mut reader, &mut splitter] {
+        c.expect(b"ready\n");
+    }
+    splitter.discard_input();
+    // Fill the stalled client's socket buffers, so what follows waits in the server's log.
+    let filler: Vec<u8> = (0..6 * 1024u64)
+        .flat_map(|i| format!("{i:0>1023}\n").into_bytes())
+        .collect();
+    splitter.send(&filler);
+    reader.expect(&filler);
+    let before = server.rss();
+    let n = 20_000;
+    for _ in 0..n {
+        // Only the splitter sends now: the server's count of bytes read tells when it read "x".
+        let read = util::bytes_read(server.pid());
+        splitter.send(b"x");
+        let deadline = std::time::Instant::now() + util::DEADLINE;
+        while util::bytes_read(server.pid()) == read {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server stopped reading"
+            );
+            std::thread::yield_now();
+        }
+        splitter.send(b"\n");
+    }
+    for _ in 0..n {
+        reader.expect(b"x\n");
+    }
+    let growth = server.rss().saturating_sub(before);
+    eprintln!(
+        "RSS growth for {n} messages split over two reads: {:.1} MiB",
+        growth as f64 / MIB as f64
+    );
+    assert!(
+        growth < 4 * MIB,
+        "RSS grew {:.1} MiB for {n} 2-byte messages held for a stalled client",
+        growth as f64 / MIB as f64
+    );
+    drop(stalled);
+}
+
+/// Running out of descriptors pauses accepting; a shutdown that begins meanwhile must not spin
+/// on the pause (the listener is gone, so nothing would ever clear it): the server sleeps until
+/// its clients are served or the shutdown timeout ends. CPU time over the shutdown shows it.
+#[test]
+fn a_shutdown_during_an_accept_pause_does_not_spin() {
+    let mut cmd = util::mob();
+    // SAFETY: setrlimit is async-signal-safe; the child gets a hard limit of 32 descriptors.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 32,
+                rlim_max: 32,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = Server::start_with(cmd, &["--max-pending", "64MiB", "--shutdown-timeout", "2"]);
+    let mut stalled = Client::connect_small_buffer(server.addr);
+    let mut publisher = server.connect();
+    publisher.send(b"ready\n");
+    stalled.expect(b"ready\n");
+    publisher.expect(b"ready\n");
+    // A backlog the stalled client is owed, so the shutdown lasts until its timeout.
+    let backlog: Vec<u8> = (0..16 * 1024u64)
+        .flat_map(|i| format!("{i:0>1023}\n").into_bytes())
+        .collect();
+    let echo = {
+        let mut reader = publisher.stream.try_clone().unwrap();
+        let len = backlog.len();
+        thread::spawn(move || {
+            use std::io::Read;
+            let mut got = vec![0u8; len];
+            reader.read_exact(&mut got).map(|_| got)
+        })
+    };
+    publisher.send(&backlog);
+    assert!(echo.join().unwrap().expect("echo") == backlog);
+    let _flood: Vec<Client> = (0..40).map(|_| server.connect()).collect();
+    server
+        .log
+        .wait_for(&["accept failed", "out of file descriptors"]);
+    let before = util::cpu_time(server.pid());
+    server.signal(libc::SIGTERM);
+    util::wait_zombie(server.pid(), util::DEADLINE);
+    let used = util::cpu_time(server.pid()) - before;
+    eprintln!("CPU time over a 2 s shutdown during an accept pause: {used:?}");
+    assert!(
+        used < std::time::Duration::from_millis(1000),
+        "the server used {used:?} of CPU over a 2 s shutdown: it spun"
+    );
+    drop(stalled);
+}

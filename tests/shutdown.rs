@@ -106,6 +106,105 @@ fn idle_clients_are_closed_and_keepalives_keep_a_client_open() {
     assert_eq!(alive.read_frame(), b"still here");
 }
 
+/// A chat user who keeps typing while the server stops: the server has stopped relaying, but
+/// closing a socket with unread input sends a reset, and a reset makes the client's kernel
+/// throw away what it received and the client has not read yet. The server must keep reading
+/// (and discarding), end our stream with a FIN and wait for the client's, so the client reads
+/// every message that was relayed before shutdown began: the same stream as a reader's.
+#[test]
+fn a_client_that_keeps_sending_through_shutdown_still_receives_everything_relayed() {
+    use std::io::Write;
+    use std::net::Shutdown;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut server = Server::start(&["--shutdown-timeout", "10"]);
+    let mut reader = server.connect();
+    let mut chatty = Client::connect_small_buffer(server.addr);
+    let mut publisher = server.connect();
+    publisher.discard_input();
+    publisher.send(b"ready\n");
+    reader.expect(b"ready\n");
+    chatty.expect(b"ready\n");
+    // Relayed before shutdown and not read yet by the chatty client: more than its socket
+    // buffer holds, so much of it waits in the server's socket buffers, sent but not
+    // delivered, which a reset throws away.
+    let backlog = numbered_lines(1 << 20);
+    publisher.send(&backlog);
+    reader.expect(&backlog);
+    // The chatty client types on and on (bounded: at most 1,000,000 lines).
+    let stop = Arc::new(AtomicBool::new(false));
+    let typing = {
+        let mut out = chatty.stream.try_clone().unwrap();
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            for i in 0..1_000_000u32 {
+                if stop.load(Ordering::SeqCst)
+                    || out.write_all(format!("typed {i}\n").as_bytes()).is_err()
+                {
+                    break;
+                }
+            }
+            let _ = out.shutdown(Shutdown::Write);
+        })
+    };
+    server.signal(libc::SIGTERM);
+    server.log.wait_for(&["shutting down (SIGTERM)"]);
+    // What the reader got is what was relayed: the backlog and the typing relayed before the
+    // signal. The chatty client must get exactly that too (a reset would cut it short).
+    let relayed = reader.read_to_close();
+    let got = chatty.read_to_close();
+    stop.store(true, Ordering::SeqCst);
+    typing.join().unwrap();
+    let want = [&backlog[..], &relayed[..]].concat();
+    assert!(
+        got == want,
+        "the chatty client got {} bytes of the {} relayed",
+        got.len(),
+        want.len()
+    );
+    drop((reader, chatty, publisher));
+    assert!(server.wait_exit(util::DEADLINE).success());
+}
+
+/// `--idle-timeout` is about clients that send nothing while they could. One that has closed
+/// its sending side and is still being sent its backlog is not idle: it is served to the end.
+#[test]
+fn a_half_closed_client_still_owed_its_backlog_is_not_idle() {
+    use std::net::Shutdown;
+
+    let server = Server::start(&["--idle-timeout", "0.5", "--max-pending", "64MiB"]);
+    let mut owed = Client::connect_small_buffer(server.addr);
+    let mut publisher = server.connect();
+    publisher.send(b"ready\n");
+    owed.expect(b"ready\n");
+    publisher.expect(b"ready\n");
+    let lines = numbered_lines(8 << 20);
+    let echo = {
+        let mut reader = publisher.stream.try_clone().unwrap();
+        let len = lines.len();
+        thread::spawn(move || {
+            use std::io::Read;
+            let mut got = vec![0u8; len];
+            reader.read_exact(&mut got).map(|_| got)
+        })
+    };
+    publisher.send(&lines);
+    assert!(echo.join().unwrap().expect("echo") == lines);
+    owed.stream.shutdown(Shutdown::Write).unwrap();
+    // The publisher, silent since, is closed as idle; the half-closed client, silent for
+    // longer, must not be.
+    let peer = publisher.local_addr().to_string();
+    server.log.wait_for(&[&peer, "idle"]);
+    let got = owed.read_to_close();
+    assert!(
+        got == lines,
+        "the half-closed client got {} of {} bytes",
+        got.len(),
+        lines.len()
+    );
+}
+
 /// About `total` bytes of distinct 100-byte lines.
 fn numbered_lines(total: usize) -> Vec<u8> {
     (0..total / 100)

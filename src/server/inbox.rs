@@ -25,6 +25,17 @@ pub fn reserve_for_read(scratch: &mut BytesMut) {
     }
 }
 
+/// Bytes between the messages of one read may be at most this fraction (1/n) of theirs before
+/// the messages are copied out rather than keep those bytes alive.
+const WASTE_RATIO: usize = 8;
+
+/// Where the messages of one read live.
+struct Block {
+    bytes: bytes::Bytes,
+    /// The messages were copied here back to back (offsets from 0), not cut out of scratch.
+    is_copy: bool,
+}
+
 /// The state between reads of one client: its decoder and an incomplete message.
 #[derive(Debug)]
 pub struct Inbox {
@@ -110,14 +121,16 @@ impl Inbox {
             }
         }
         if !spans.is_empty() {
-            // The messages share the block they were read into: freeze it once.
-            let block = scratch.split_to(end).freeze();
-            batch.extend(
-                spans
-                    .iter()
-                    .filter_map(|&(start, len)| Entry::new(block.clone(), start, len, origin)),
-            );
-            end = 0;
+            let block = self.block_of(scratch, spans, end);
+            let mut at = 0;
+            batch.extend(spans.iter().filter_map(|&(start, len)| {
+                let start = if block.is_copy { at } else { start };
+                at += len;
+                Entry::new(block.bytes.clone(), start, len, origin)
+            }));
+            if !block.is_copy {
+                end = 0;
+            }
         }
         if let Some(e) = failed {
             return Err(e);
@@ -126,6 +139,29 @@ impl Inbox {
             self.grow_partial(&scratch[end..]);
         }
         Ok(())
+    }
+
+    /// The block the messages at `spans` (within `scratch[..end]`) are to live in: the scratch
+    /// bytes themselves, frozen without a copy, unless what lies between the messages (the
+    /// end of a message completed in `partial`, keepalives) is more than an eighth of them;
+    /// then the messages are copied into a block of their own and the scratch bytes are
+    /// reused, so that bytes no message needs are never kept alive by one.
+    fn block_of(&self, scratch: &mut BytesMut, spans: &[(usize, usize)], end: usize) -> Block {
+        let needed: usize = spans.iter().map(|&(_, len)| len).sum();
+        if (end - needed) * WASTE_RATIO <= needed {
+            return Block {
+                bytes: scratch.split_to(end).freeze(),
+                is_copy: false,
+            };
+        }
+        let mut copy = BytesMut::with_capacity(needed);
+        for &(start, len) in spans {
+            copy.put_slice(&scratch[start..start + len]);
+        }
+        Block {
+            bytes: copy.freeze(),
+            is_copy: true,
+        }
     }
 
     /// At end of stream: a last unterminated line becomes a message; a partial frame is an

@@ -8,9 +8,14 @@ use std::mem::size_of;
 
 use bytes::Bytes;
 
-/// What one entry costs beyond its message bytes: the entry itself, counted against
-/// `--max-pending` so that a flood of tiny messages is bounded like a few large ones.
-pub const ENTRY_OVERHEAD: usize = size_of::<Entry>();
+/// What one entry costs beyond its message bytes, counted against `--max-pending` so that a
+/// flood of tiny messages is bounded like a few large ones: the entry itself, as much again
+/// for the ring's room to grow (it doubles), and the allocator's least chunk for a message
+/// that has a buffer of its own (one completed over several reads).
+pub const ENTRY_OVERHEAD: usize = 2 * size_of::<Entry>() + 32;
+
+/// The ring gives memory back once it is this large and at most a quarter full.
+const SHRINK_ABOVE: usize = 1024;
 
 /// One relayed message in wire form, and who sent it.
 ///
@@ -91,9 +96,11 @@ impl Entry {
         self.start as usize..self.start as usize + self.len as usize
     }
 
-    /// Bytes this entry counts against `--max-pending`.
+    /// Bytes this entry counts against `--max-pending`: its length, a quarter more for the
+    /// parts of its block no message uses (the room left when a fresh block was started, and
+    /// up to an eighth between messages; see `Inbox`), and [`ENTRY_OVERHEAD`].
     fn held(&self) -> usize {
-        self.len() + ENTRY_OVERHEAD
+        self.len() + self.len() / 4 + ENTRY_OVERHEAD
     }
 }
 
@@ -184,6 +191,12 @@ impl Log {
             Some(e) => {
                 self.held -= e.held();
                 self.first_seq += 1;
+                // A burst of tiny messages grew the ring; once it has drained, give the memory
+                // back so what the log uses stays within what it counts.
+                let cap = self.entries.capacity();
+                if cap > SHRINK_ABOVE && self.entries.len() * 4 < cap {
+                    self.entries.shrink_to(self.entries.len() * 2);
+                }
                 true
             }
             None => false,
@@ -227,12 +240,26 @@ mod tests {
     }
 
     #[test]
+    fn a_message_counts_a_quarter_more_for_its_block_and_its_bookkeeping() {
+        let mut log = Log::new();
+        log.append(Bytes::from(vec![b'x'; 400]), 0);
+        assert_eq!(log.held(), 400 + 100 + ENTRY_OVERHEAD);
+    }
+
+    #[test]
     fn a_flood_of_tiny_messages_counts_their_bookkeeping() {
         let mut log = Log::new();
-        for _ in 0..1000 {
+        for _ in 0..5000 {
             log.append(Bytes::from_static(b"\n"), 0);
         }
-        assert_eq!(log.held(), 1000 * (1 + ENTRY_OVERHEAD));
+        assert_eq!(log.held(), 5000 * (1 + ENTRY_OVERHEAD));
+        let grown = log.entries.capacity();
+        log.trim_before(4999);
+        assert!(
+            log.entries.capacity() < grown / 4,
+            "a drained ring keeps {} slots",
+            log.entries.capacity()
+        );
         const {
             assert!(
                 ENTRY_OVERHEAD >= 40,

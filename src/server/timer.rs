@@ -81,3 +81,61 @@ impl Timer {
         self.armed = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mio::{Events, Poll};
+
+    use super::*;
+
+    /// Polls until the timer's event arrives; returns when it did.
+    fn wait_for_timer(poll: &mut Poll) -> Instant {
+        let mut events = Events::with_capacity(4);
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            poll.poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
+            if events.iter().any(|e| e.token() == Token(7)) {
+                return Instant::now();
+            }
+            assert!(Instant::now() < give_up, "the timer never fired");
+        }
+    }
+
+    #[test]
+    fn fires_at_a_sub_millisecond_deadline_and_never_before() {
+        let mut poll = Poll::new().unwrap();
+        let mut timer = Timer::new(poll.registry(), Token(7)).unwrap();
+        for micros in [300, 50, 900] {
+            let now = Instant::now();
+            let at = now + Duration::from_micros(micros);
+            timer.set(Some(at), now).unwrap();
+            let fired = wait_for_timer(&mut poll);
+            timer.fired();
+            assert!(fired >= at, "fired {:?} early", at - fired);
+        }
+    }
+
+    #[test]
+    fn a_new_deadline_replaces_the_old_and_none_disarms() {
+        let mut poll = Poll::new().unwrap();
+        let mut timer = Timer::new(poll.registry(), Token(7)).unwrap();
+        let now = Instant::now();
+        timer
+            .set(Some(now + Duration::from_secs(3600)), now)
+            .unwrap();
+        let soon = now + Duration::from_micros(200);
+        timer.set(Some(soon), now).unwrap();
+        assert!(wait_for_timer(&mut poll) >= soon);
+        timer.fired();
+        let now = Instant::now();
+        timer
+            .set(Some(now + Duration::from_millis(5)), now)
+            .unwrap();
+        timer.set(None, now).unwrap();
+        let mut events = Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        assert!(events.is_empty(), "a disarmed timer fired");
+    }
+}

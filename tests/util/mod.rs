@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 /// How long any single expectation may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// The `mob` binary cargo built for these tests.
+/// The `mob` binary cargo built for these tests, or the one named by `MOB_TEST_BINARY` (to show
+/// that a test fails against an older build).
 pub fn mob() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mob"))
+    match std::env::var_os("MOB_TEST_BINARY") {
+        Some(path) => Command::new(path),
+        None => Command::new(env!("CARGO_BIN_EXE_mob")),
+    }
 }
 
 /// Lets one test process open thousands of sockets.
@@ -343,4 +347,95 @@ impl Client {
         socket.set_linger(Some(Duration::ZERO)).unwrap();
         drop(socket);
     }
+}
+
+/// One row of /proc/net/tcp: an IPv4 TCP socket of this machine.
+#[derive(Debug, Clone)]
+pub struct TcpRow {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The TCP state, as the kernel numbers it (1 established, 4 FIN-WAIT-1, ...).
+    pub state: u8,
+    /// Bytes in the send queue.
+    pub tx_queue: u64,
+    /// Bytes received and not yet read by the socket's owner.
+    pub rx_queue: u64,
+    /// Which timer runs: 0 none, 1 retransmit, 2 keepalive, 3 TIME-WAIT, 4 zero-window probe.
+    pub timer: u8,
+}
+
+/// The IPv4 TCP sockets of this machine (all processes: filter by address).
+pub fn tcp_sockets() -> Vec<TcpRow> {
+    fn addr(hex: &str) -> SocketAddr {
+        let (ip, port) = hex.split_once(':').expect("ip:port");
+        let ip = u32::from_str_radix(ip, 16).expect("hex ip");
+        let port = u16::from_str_radix(port, 16).expect("hex port");
+        // The kernel prints the address in host (little-endian) order.
+        SocketAddr::from((ip.to_le_bytes(), port))
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (tx, rx) = f.get(4)?.split_once(':')?;
+            let (timer, _) = f.get(5)?.split_once(':')?;
+            Some(TcpRow {
+                local: addr(f.get(1)?),
+                remote: addr(f.get(2)?),
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                tx_queue: u64::from_str_radix(tx, 16).ok()?,
+                rx_queue: u64::from_str_radix(rx, 16).ok()?,
+                timer: timer.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The server's side of the connection `client` has to it, if it still exists.
+pub fn server_side_of(client: SocketAddr, server: SocketAddr) -> Option<TcpRow> {
+    tcp_sockets()
+        .into_iter()
+        .find(|row| row.local == server && row.remote == client)
+}
+
+/// CPU time (user + system) the process has used so far, from /proc/PID/stat.
+pub fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Waits until the process has exited but is not reaped yet (a zombie keeps its
+/// /proc/PID/stat, with its final CPU times); fails the test after `within`.
+pub fn wait_zombie(pid: i32, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+        let state = stat[stat.rfind(')').expect("comm") + 2..].chars().next();
+        if state == Some('Z') {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} still running after {within:?}"
+        );
+        poll_tick();
+    }
+}
+
+/// Bytes the process has read with read(2) and the like so far (`rchar` in /proc/PID/io).
+pub fn bytes_read(pid: i32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rchar in /proc/PID/io")
 }
