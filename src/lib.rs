@@ -5,10 +5,11 @@
 //!
 //! - [`config`]: [`ServerConfig`] with its documented defaults, and size parsing (`8MiB`).
 //! - [`protocol`]: the wire formats (`raw`, `line`, `frame`) as pure code with no I/O: a
-//!   per-connection [`protocol::Decoder`] splits messages off a buffer in their wire form.
-//! - [`server`]: the event loop. [`Server`] owns the listener, a slab of connections and one
-//!   shared, ordered [`server::Log`] of recent messages; each receiver is a [`server::Cursor`]
-//!   into that log, written with vectored writes.
+//!   per-connection [`protocol::Decoder`] finds messages in a buffer, in their wire form.
+//! - [`server`]: the event loop. [`Server`] owns the listener and a slab of connections; each
+//!   connection's [`server::Inbox`] turns its input into [`server::Entry`]s, which a sequencer
+//!   appends to one shared, ordered [`server::Log`]; each receiver is a [`server::Cursor`] into
+//!   that log, written with vectored writes in flush rounds (`server/fanout.rs`).
 //! - [`chat`]: the interactive client behind `mob chat`.
 //! - [`bench`]: the load generator and checker behind `mob bench` (mob, Redis and NATS).
 //! - `sys.rs`: the two system calls made by hand (`read(2)` into spare capacity, the
@@ -17,13 +18,13 @@
 //!
 //! # One message, end to end
 //!
-//! A readable event queues the connection; its input is read into the loop's scratch buffer
-//! (bounded per connection and per turn), split into messages without a copy
-//! (`BytesMut::split_to`), and appended to the log. Flush rounds then give every receiver that is
-//! behind one `writev` over the log from its cursor (small rounds wait a moment to carry more;
-//! long rounds are spread over several turns). After each round the log is trimmed to what some
-//! receiver still needs, and to `--max-pending` bytes: a receiver it leaves behind is a slow
-//! consumer. See `docs/ARCHITECTURE.md`.
+//! A readable event queues the connection; its input is read into the loop's scratch block
+//! (bounded per connection and per turn), the complete messages become entries that share that
+//! block without a copy, and the read visit's batch is appended to the log. Flush rounds then
+//! give every receiver that is behind one `writev` over the log from its cursor (small rounds
+//! wait a moment to carry more; long rounds are spread over several turns). After each full
+//! round the log is trimmed to what some receiver still needs, and to `--max-pending`: a
+//! receiver it leaves behind is a slow consumer. See `docs/ARCHITECTURE.md`.
 //!
 //! # Running one in-process
 //!
