@@ -12,7 +12,7 @@ use crate::protocol::Protocol;
 pub enum SlowConsumerPolicy {
     /// Close the connection: the receiver can never have a gap in what it sees.
     Disconnect,
-    /// Skip the receiver ahead to the oldest message still held and count what it missed.
+    /// Skip the receiver ahead to the newest message and count what it missed.
     Drop,
 }
 

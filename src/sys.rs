@@ -5,10 +5,13 @@ use std::os::fd::AsRawFd;
 
 use bytes::BytesMut;
 
-/// `read(2)` into the spare capacity of `buf`, without zeroing it first, and extends `buf` by
-/// what was read. `Ok(0)` is end of stream (or no spare capacity: callers reserve first).
-pub fn read_into(socket: &impl AsRawFd, buf: &mut BytesMut) -> io::Result<usize> {
+/// `read(2)` into the spare capacity of `buf` (at most `max` bytes), without zeroing it first,
+/// and extends `buf` by what was read. `Ok(0)` is end of stream (or no spare capacity, or a
+/// `max` of 0: callers make sure of both first).
+pub fn read_into(socket: &impl AsRawFd, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
+    let len = max.min(spare.len());
+    let spare = &mut spare[..len];
     // SAFETY: read(2) writes at most `spare.len()` bytes into the spare capacity, which is
     // valid for writes; only the bytes it reports written are then marked initialised.
     let n = unsafe { libc::read(socket.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };

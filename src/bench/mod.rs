@@ -558,7 +558,7 @@ impl Bench {
             if buf.capacity() - buf.len() < 16 * 1024 {
                 buf.reserve(READ_BLOCK);
             }
-            match sys::read_into(&peer.socket, buf) {
+            match sys::read_into(&peer.socket, buf, usize::MAX) {
                 Ok(0) => {
                     self.close(i);
                     return;

@@ -11,7 +11,7 @@ use socket2::{SockRef, TcpKeepalive};
 use super::cursor::{Cursor, Flushed};
 use super::disconnect::DisconnectReason;
 use super::inbox::{self, Inbox};
-use super::log::Entry;
+use super::log::{Entry, MAX_HELD_PER_BYTE};
 use crate::protocol::Decoder;
 use crate::sys;
 
@@ -22,6 +22,10 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// ...and the connection fails after this many unanswered ones.
 const KEEPALIVE_PROBES: u32 = 6;
+
+/// The least a read asks for, however little of the held budget is left: reads stay of a
+/// useful size, and one read passes the budget by at most this many bytes' worth.
+pub const READ_FLOOR: usize = 2 * 1024;
 
 /// How the reading of a connection ended for this turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +40,8 @@ pub enum Input {
 }
 
 /// The loop's buffers for reading, shared by all its connections so an idle connection holds
-/// none of its own.
+/// none of its own. Bounded by one round's input; [`shrink`](Self::shrink) gives back what a
+/// burst grew.
 #[derive(Debug, Default)]
 pub struct ReadBuffers {
     /// Input is read here and messages are cut off it without a copy.
@@ -45,6 +50,21 @@ pub struct ReadBuffers {
     spans: Vec<(usize, usize)>,
     /// Messages read since the batch was last handed to the sequencer, in order.
     pub batch: Vec<Entry>,
+}
+
+impl ReadBuffers {
+    /// After a batch of `used` messages was handed over: lets go of room that an earlier burst
+    /// of tiny messages grew and that is now far more than used.
+    pub fn shrink(&mut self, used: usize) {
+        const KEEP: usize = 1024;
+        let keep = used.max(KEEP);
+        if self.batch.capacity() > 4 * keep {
+            self.batch.shrink_to(2 * keep);
+        }
+        if self.spans.capacity() > 4 * keep {
+            self.spans.shrink_to(2 * keep);
+        }
+    }
 }
 
 /// A connected client.
@@ -119,22 +139,30 @@ impl Connection {
         SockRef::from(socket).set_tcp_keepalive(&keepalive)
     }
 
-    /// Reads until `WouldBlock`, end of stream or `budget` bytes, appending every complete
-    /// message to `bufs.batch`.
+    /// Reads until `WouldBlock`, end of stream, `budget` bytes read, or messages that count
+    /// `held_budget` bytes against `--max-pending` (see [`Entry::held`]), appending every
+    /// complete message to `bufs.batch`. No read takes more bytes than the held budget left
+    /// could count if every byte were a message of its own (but at least [`READ_FLOOR`]), so
+    /// the budget is passed by at most [`READ_FLOOR`] x [`MAX_HELD_PER_BYTE`] (258 KiB), plus
+    /// one message that an earlier read left incomplete.
     pub fn read(
         &mut self,
         bufs: &mut ReadBuffers,
         budget: usize,
+        held_budget: usize,
         now: Instant,
     ) -> Result<Input, DisconnectReason> {
         debug_assert!(
             bufs.scratch.is_empty(),
             "scratch holds another client's bytes"
         );
-        let mut taken = 0;
-        while taken < budget {
+        let (mut taken, mut held) = (0, 0);
+        while taken < budget && held < held_budget {
             inbox::reserve_for_read(&mut bufs.scratch);
-            match sys::read_into(&self.socket, &mut bufs.scratch) {
+            let most = ((held_budget - held) / MAX_HELD_PER_BYTE)
+                .max(READ_FLOOR)
+                .min(budget - taken);
+            match sys::read_into(&self.socket, &mut bufs.scratch, most) {
                 Ok(0) => {
                     self.inbox.finish(self.id, &mut bufs.batch)?;
                     return Ok(Input::Eof);
@@ -142,12 +170,15 @@ impl Connection {
                 Ok(n) => {
                     taken += n;
                     self.last_input = now;
-                    self.inbox.absorb(
+                    let before = bufs.batch.len();
+                    let absorbed = self.inbox.absorb(
                         &mut bufs.scratch,
                         &mut bufs.spans,
                         self.id,
                         &mut bufs.batch,
-                    )?;
+                    );
+                    held += bufs.batch[before..].iter().map(Entry::held).sum::<usize>();
+                    absorbed?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Input::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -164,15 +195,19 @@ impl Connection {
         &mut self,
         scratch: &mut BytesMut,
         budget: usize,
+        now: Instant,
     ) -> Result<Input, DisconnectReason> {
         let mut taken = 0;
         while taken < budget {
             inbox::reserve_for_read(scratch);
-            let read = sys::read_into(&self.socket, scratch);
+            let read = sys::read_into(&self.socket, scratch, budget - taken);
             scratch.clear();
             match read {
                 Ok(0) => return Ok(Input::Eof),
-                Ok(n) => taken += n,
+                Ok(n) => {
+                    taken += n;
+                    self.last_input = now;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Input::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(DisconnectReason::Reset(e)),

@@ -50,15 +50,22 @@ impl DisconnectReason {
     /// Whether the client is cut off rather than ended with: its socket is then closed with a
     /// reset, so that what the kernel still holds for it (up to megabytes it may never read)
     /// is freed at once instead of lingering as long as the peer neither reads nor closes.
+    /// A client still owed data when the shutdown timeout ends is reset too: an orderly end of
+    /// stream would pass a message cut short for a whole one.
     pub fn aborts(&self) -> bool {
-        self.is_failure() || matches!(self, DisconnectReason::Idle(_))
+        self.is_failure()
+            || matches!(
+                self,
+                DisconnectReason::Idle(_) | DisconnectReason::Shutdown { owed: true }
+            )
     }
 
-    /// Whether this is a normal end that is logged only at `debug`.
+    /// Whether this is logged one by one only at `debug`: a normal end, or the end of a
+    /// shutdown, which is summed up in one line of its own.
     pub fn is_quiet(&self) -> bool {
         matches!(
             self,
-            DisconnectReason::Closed | DisconnectReason::Shutdown { owed: false }
+            DisconnectReason::Closed | DisconnectReason::Shutdown { .. }
         )
     }
 }

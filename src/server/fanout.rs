@@ -110,6 +110,8 @@ pub struct Fanout {
     spare: Vec<(usize, u64)>,
     /// `log.appended()` when the last full round began: what is new since.
     flushed_up_to: u64,
+    /// `log.appended_held()` then: what the new input counts against `--max-pending`.
+    flushed_held_up_to: u64,
     /// A full round was asked for (shutdown began).
     full_due: bool,
     /// When the last round ended and how long it took, to space small rounds.
@@ -127,6 +129,7 @@ impl Fanout {
             round: None,
             spare: Vec::new(),
             flushed_up_to: 0,
+            flushed_held_up_to: 0,
             full_due: false,
             last_round: (now, Duration::ZERO),
             dropped: 0,
@@ -178,6 +181,11 @@ impl Fanout {
         self.log.appended() - self.flushed_up_to
     }
 
+    /// The same as `--max-pending` counts it.
+    pub fn unflushed_held(&self) -> u64 {
+        self.log.appended_held() - self.flushed_held_up_to
+    }
+
     pub fn in_round(&self) -> bool {
         self.round.is_some()
     }
@@ -206,6 +214,7 @@ impl Fanout {
     /// pushed onto `closing`.
     pub fn step(
         &mut self,
+        now: Instant,
         conns: &mut Slab<Connection>,
         registry: &Registry,
         policy: Policy,
@@ -213,7 +222,7 @@ impl Fanout {
         closing: &mut Vec<(usize, DisconnectReason)>,
     ) {
         if self.round.is_none() {
-            self.start_round(conns);
+            self.start_round(conns, now);
         }
         let Fanout {
             log,
@@ -229,9 +238,13 @@ impl Fanout {
             let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {
                 continue; // closed since the round began
             };
-            conn.woken = false;
+            if !round.full {
+                // Its entry in the woken list is this one. (A full round leaves the flag: the
+                // receiver's entry, if any, is still in the list for the next round.)
+                conn.woken = false;
+            }
             if conn.cursor.has_fallen_off(log) {
-                if let Some(reason) = fall_behind(conn, log, policy, dropped, log_limit) {
+                if let Some(reason) = fall_behind(conn, log, policy, dropped, log_limit, now) {
                     closing.push((key, reason));
                     continue;
                 }
@@ -262,22 +275,23 @@ impl Fanout {
             return;
         }
         if round.full {
-            self.end_full_round(conns, policy, log_limit, closing);
+            self.end_full_round(conns, policy, log_limit, closing, now);
         }
         let Some(round) = self.round.take() else {
             return;
         };
+        // The writes took real time: the round ends now, not when the turn began.
         let ended = Instant::now();
-        self.last_round = (ended, ended - round.started);
+        self.last_round = (ended, ended.saturating_duration_since(round.started));
         tracing::trace!(
-            took_us = (ended - round.started).as_micros() as u64,
+            took_us = self.last_round.1.as_micros() as u64,
             full = round.full,
             "flush round"
         );
         self.spare = round.visit;
     }
 
-    fn start_round(&mut self, conns: &mut Slab<Connection>) {
+    fn start_round(&mut self, conns: &mut Slab<Connection>, now: Instant) {
         let mut visit = std::mem::take(&mut self.spare);
         visit.clear();
         let full = self.full_due || self.unflushed() > 0;
@@ -291,11 +305,12 @@ impl Fanout {
             self.woken.clear();
             visit.extend_from_slice(&self.members);
             self.flushed_up_to = self.log.appended();
+            self.flushed_held_up_to = self.log.appended_held();
             self.full_due = false;
         } else {
             std::mem::swap(&mut visit, &mut self.woken);
         }
-        self.round = Some(Round::new(visit, full, Instant::now()));
+        self.round = Some(Round::new(visit, full, now));
     }
 
     /// After a full round: forget what everyone has been sent, and beyond `--max-pending` the
@@ -306,6 +321,7 @@ impl Fanout {
         policy: Policy,
         log_limit: &mut LogLimit,
         closing: &mut Vec<(usize, DisconnectReason)>,
+        now: Instant,
     ) {
         let Some(round) = &self.round else { return };
         self.log.trim_before(round.trim_point(self.log.end_seq()));
@@ -319,7 +335,7 @@ impl Fanout {
             };
             if conn.cursor.has_fallen_off(&self.log) {
                 if let Some(reason) =
-                    fall_behind(conn, &self.log, policy, &mut self.dropped, log_limit)
+                    fall_behind(conn, &self.log, policy, &mut self.dropped, log_limit, now)
                 {
                     closing.push((key, reason));
                 }
@@ -336,6 +352,7 @@ fn fall_behind(
     policy: Policy,
     dropped: &mut u64,
     log_limit: &mut LogLimit,
+    now: Instant,
 ) -> Option<DisconnectReason> {
     match policy.slow_consumer {
         SlowConsumerPolicy::Disconnect => Some(DisconnectReason::SlowConsumer {
@@ -344,7 +361,7 @@ fn fall_behind(
         SlowConsumerPolicy::Drop => {
             let skipped = conn.cursor.skip_to_newest(log);
             if conn.dropped == 0 {
-                if let Some(suppressed) = log_limit.allow("slow_consumer_drop", Instant::now()) {
+                if let Some(suppressed) = log_limit.allow("slow_consumer_drop", now) {
                     warn!(
                         peer = %conn.peer,
                         skipped,

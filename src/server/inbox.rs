@@ -16,7 +16,7 @@ use crate::protocol::{Decoder, Next, ProtocolError};
 pub const READ_BLOCK: usize = 64 * 1024;
 
 /// Start a fresh scratch block when less than this is left in the current one.
-const MIN_READ: usize = 8 * 1024;
+const MIN_READ: usize = 4 * 1024;
 
 /// Makes room in the loop's scratch block for the next read.
 pub fn reserve_for_read(scratch: &mut BytesMut) {
@@ -26,8 +26,10 @@ pub fn reserve_for_read(scratch: &mut BytesMut) {
 }
 
 /// Bytes between the messages of one read may be at most this fraction (1/n) of theirs before
-/// the messages are copied out rather than keep those bytes alive.
-const WASTE_RATIO: usize = 8;
+/// the messages are copied out rather than keep those bytes alive. With the room a block may
+/// leave unused ([`MIN_READ`] of [`READ_BLOCK`]), this is what the quarter that each message
+/// counts beyond its length (`Entry::held`) pays for.
+const WASTE_RATIO: usize = 16;
 
 /// Where the messages of one read live.
 struct Block {
@@ -143,7 +145,7 @@ impl Inbox {
 
     /// The block the messages at `spans` (within `scratch[..end]`) are to live in: the scratch
     /// bytes themselves, frozen without a copy, unless what lies between the messages (the
-    /// end of a message completed in `partial`, keepalives) is more than an eighth of them;
+    /// end of a message completed in `partial`, keepalives) is more than a sixteenth of them;
     /// then the messages are copied into a block of their own and the scratch bytes are
     /// reused, so that bytes no message needs are never kept alive by one.
     fn block_of(&self, scratch: &mut BytesMut, spans: &[(usize, usize)], end: usize) -> Block {
@@ -188,16 +190,18 @@ impl Inbox {
         partial.freeze()
     }
 
-    /// Appends `input` to the incomplete message, growing its buffer to the message's length
-    /// when the wire form says it, else geometrically up to the longest message allowed.
+    /// Appends `input` to the incomplete message, growing its buffer geometrically up to the
+    /// message's length when the wire form says it (a frame header), else up to the longest
+    /// message allowed. Never straight to a length a header merely claims: a client must send
+    /// the bytes before the server holds memory for them.
     fn grow_partial(&mut self, input: &[u8]) {
         let need = self.partial.len() + input.len();
         if self.partial.capacity() < need {
-            let cap = self
+            let limit = self
                 .decoder
                 .wire_len(&self.partial, input)
-                .unwrap_or_else(|| (2 * self.partial.capacity()).min(self.decoder.max_wire_len()))
-                .max(need);
+                .unwrap_or_else(|| self.decoder.max_wire_len());
+            let cap = (2 * self.partial.capacity()).min(limit).max(need);
             let mut grown = BytesMut::with_capacity(cap);
             grown.put_slice(&self.partial);
             self.partial = grown;

@@ -14,6 +14,10 @@ use bytes::Bytes;
 /// that has a buffer of its own (one completed over several reads).
 pub const ENTRY_OVERHEAD: usize = 2 * size_of::<Entry>() + 32;
 
+/// The most a message can count per byte of its wire form: a one-byte message (an empty line)
+/// counts 1 + [`ENTRY_OVERHEAD`]. Reading `n` bytes can add at most `n` times this to the log.
+pub const MAX_HELD_PER_BYTE: usize = 1 + ENTRY_OVERHEAD;
+
 /// The ring gives memory back once it is this large and at most a quarter full.
 const SHRINK_ABOVE: usize = 1024;
 
@@ -98,8 +102,8 @@ impl Entry {
 
     /// Bytes this entry counts against `--max-pending`: its length, a quarter more for the
     /// parts of its block no message uses (the room left when a fresh block was started, and
-    /// up to an eighth between messages; see `Inbox`), and [`ENTRY_OVERHEAD`].
-    fn held(&self) -> usize {
+    /// up to a sixteenth between messages; see `Inbox`), and [`ENTRY_OVERHEAD`].
+    pub fn held(&self) -> usize {
         self.len() + self.len() / 4 + ENTRY_OVERHEAD
     }
 }
@@ -113,8 +117,10 @@ pub struct Log {
     first_seq: u64,
     /// The held messages' lengths plus [`ENTRY_OVERHEAD`] each: what `--max-pending` bounds.
     held: usize,
-    /// Bytes ever appended, so the loop can tell how much arrived since it last flushed.
+    /// Message bytes ever appended, so the loop can tell how much arrived since it last flushed.
     appended: u64,
+    /// Bytes ever appended as `--max-pending` counts them, to bound the input of one round.
+    appended_held: u64,
 }
 
 impl Log {
@@ -142,10 +148,16 @@ impl Log {
         self.appended
     }
 
+    /// Bytes ever appended, as [`held`](Self::held) counts them.
+    pub fn appended_held(&self) -> u64 {
+        self.appended_held
+    }
+
     /// Appends one message at the end of the order.
     pub fn push(&mut self, entry: Entry) {
         self.held += entry.held();
         self.appended += entry.len() as u64;
+        self.appended_held += entry.held() as u64;
         self.entries.push_back(entry);
     }
 

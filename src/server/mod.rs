@@ -143,6 +143,8 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     /// The accept budget of a turn ran out with connections perhaps still waiting.
     accept_more: bool,
+    /// Connections accepted in this turn, against [`ACCEPTS_PER_TURN`].
+    accepted_this_turn: usize,
     /// Rate limits for the lines that clients can cause.
     log_limit: LogLimit,
     /// Set once shutdown began: when to give up delivering.
@@ -205,6 +207,7 @@ impl Server {
             timer,
             accept_paused_until: None,
             accept_more: false,
+            accepted_this_turn: 0,
             log_limit: LogLimit::default(),
             shutdown_deadline: None,
             next_idle_check,
@@ -257,6 +260,7 @@ impl Server {
                 return Err(ServerError::Poll(e));
             }
             let now = Instant::now();
+            self.accepted_this_turn = 0;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
@@ -275,6 +279,7 @@ impl Server {
             if self.fanout.in_round() || self.fanout.next_round_at().is_some_and(|at| at <= now) {
                 let policy = self.policy();
                 self.fanout.step(
+                    now,
                     &mut self.conns,
                     self.poll.registry(),
                     policy,
@@ -288,6 +293,7 @@ impl Server {
                 break;
             }
         }
+        self.log_suppressed(Instant::now(), true);
         self.stats.messages = self.fanout.log.end_seq();
         self.stats.dropped = self.fanout.dropped;
         info!(
@@ -318,11 +324,16 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let paused = self.listener.is_some().then_some(self.accept_paused_until);
+        let idle_check = self
+            .shutdown_deadline
+            .is_none()
+            .then_some(self.next_idle_check);
         let next = [
-            self.next_idle_check,
+            idle_check.flatten(),
             paused.flatten(),
             self.shutdown_deadline,
             self.fanout.next_round_at(),
+            self.log_limit.next_due(),
         ]
         .into_iter()
         .flatten()
@@ -340,14 +351,15 @@ impl Server {
     }
 
     /// Accepts until `WouldBlock` (the listener is edge-triggered too), or [`ACCEPTS_PER_TURN`]
-    /// connections, coming back next turn for the rest.
+    /// connections this turn, coming back next turn for the rest.
     fn accept(&mut self, now: Instant) {
         self.accept_more = false;
         if self.accept_paused_until.is_some_and(|t| now < t) {
             return;
         }
         self.accept_paused_until = None;
-        for _ in 0..ACCEPTS_PER_TURN {
+        while self.accepted_this_turn < ACCEPTS_PER_TURN {
+            self.accepted_this_turn += 1;
             let Some(listener) = &self.listener else {
                 return;
             };
@@ -361,10 +373,13 @@ impl Server {
                     } else {
                         "unexpected error"
                     };
-                    warn!(
-                        "accept failed ({why}): {e}; pausing accepts for {} ms",
-                        ACCEPT_BACKOFF.as_millis()
-                    );
+                    if let Some(suppressed) = self.log_limit.allow("accept_failed", now) {
+                        warn!(
+                            suppressed,
+                            "accept failed ({why}): {e}; pausing accepts for {} ms",
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                    }
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }
@@ -436,15 +451,17 @@ impl Server {
     }
 
     /// Reads queued connections, each up to its budget, until the input taken since the last
-    /// flush round began reaches `max(--max-pending / 4, 64 KiB)`. That bounds how far the log
-    /// can grow past `--max-pending` before the round's trim; connections not reached stay
-    /// queued, in order, for the next turn. Each visit's messages go to the sequencer as one
-    /// batch. During shutdown input is read and thrown away instead.
+    /// full flush round began counts `max(--max-pending / 4, 64 KiB)` (as `--max-pending`
+    /// counts it: tiny messages count their bookkeeping too). That bounds how far the log can
+    /// grow past `--max-pending` before the round's trim; connections not reached stay queued,
+    /// in order, for the next turn. Each visit's messages go to the sequencer as one batch.
+    /// During shutdown input is read and thrown away instead.
     fn read_queued(&mut self, now: Instant) {
-        let budget = (self.config.max_pending / 4).max(MIN_ROUND_INPUT) as u64;
+        let budget = (self.config.max_pending / 4).max(MIN_ROUND_INPUT);
         let draining = self.shutdown_deadline.is_some();
         for _ in 0..self.read_queue.len() {
-            if !draining && self.fanout.unflushed() >= budget {
+            let taken = usize::try_from(self.fanout.unflushed_held()).unwrap_or(usize::MAX);
+            if !draining && taken >= budget {
                 break;
             }
             let Some((key, id)) = self.read_queue.pop_front() else {
@@ -454,13 +471,15 @@ impl Server {
                 continue;
             };
             let result = if draining {
-                conn.discard(&mut self.bufs.scratch, READ_BUDGET)
+                conn.discard(&mut self.bufs.scratch, READ_BUDGET, now)
             } else {
-                conn.read(&mut self.bufs, READ_BUDGET, now)
+                conn.read(&mut self.bufs, READ_BUDGET, budget - taken, now)
             };
             // What was read before an error or the end is relayed all the same.
+            let read = self.bufs.batch.len();
             self.sequencer
                 .sequence(&mut self.bufs.batch, &mut self.fanout.log);
+            self.bufs.shrink(read);
             match result {
                 Ok(Input::More) => self.read_queue.push_back((key, id)),
                 Ok(Input::Drained) => conn.queued = false,
@@ -492,10 +511,12 @@ impl Server {
             } else if matches!(reason, DisconnectReason::Shutdown { .. }) {
                 // Unread input would turn the close into a reset that destroys what the
                 // client has not read yet; read it first. A failure is beside the point now.
-                let _ = conn.discard(&mut self.bufs.scratch, READ_BUDGET);
+                let _ = conn.discard(&mut self.bufs.scratch, READ_BUDGET, now);
             }
             *self.stats.disconnects.entry(reason.kind()).or_default() += 1;
             let (peer, dropped) = (conn.peer, conn.dropped);
+            // Closed before it is logged: whoever reads the line may rely on it.
+            drop(conn);
             if reason.is_quiet() {
                 debug!(peer = %peer, dropped, "disconnected: {reason}");
                 continue;
@@ -512,9 +533,16 @@ impl Server {
         }
     }
 
-    /// Timers: idle clients, paused or unfinished accepts.
+    /// Timers: idle clients (not while shutting down: then the shutdown timeout bounds the
+    /// wait, and a client still being sent its backlog must not be cut off), paused or
+    /// unfinished accepts, counts of log lines not written.
     fn housekeeping(&mut self, now: Instant) {
-        if let (Some(timeout), Some(at)) = (self.config.idle_timeout, self.next_idle_check) {
+        self.log_suppressed(now, false);
+        if let (Some(timeout), Some(at), None) = (
+            self.config.idle_timeout,
+            self.next_idle_check,
+            self.shutdown_deadline,
+        ) {
             if now >= at {
                 let log = &self.fanout.log;
                 for &(key, _) in self.fanout.members() {
@@ -535,6 +563,14 @@ impl Server {
         }
         if self.accept_more || self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept(now);
+        }
+    }
+
+    /// Says how many lines of each kind were not written since the last one (all of them at
+    /// exit): a burst's count must not wait for a later line of its kind that may never come.
+    fn log_suppressed(&mut self, now: Instant, all: bool) {
+        for (kind, count) in self.log_limit.overdue(now, all) {
+            info!("{count} more lines of this kind were not logged one by one: {kind}");
         }
     }
 
@@ -572,12 +608,41 @@ impl Server {
             return false;
         }
         let log = &self.fanout.log;
+        let (mut owed_peers, mut unclosed) = (Vec::new(), 0);
         for &(key, _) in self.fanout.members() {
             if let Some(conn) = self.conns.get(key) {
                 let owed = conn.cursor.is_behind(log);
+                if owed {
+                    owed_peers.push(conn.peer);
+                } else {
+                    unclosed += 1;
+                }
                 self.closing
                     .push((key, DisconnectReason::Shutdown { owed }));
             }
+        }
+        // One line for all (never rate-limited: it is the last word on what was lost), naming
+        // the first few clients that did not get all they were owed.
+        const NAMED: usize = 5;
+        if !owed_peers.is_empty() {
+            let named: Vec<String> = owed_peers
+                .iter()
+                .take(NAMED)
+                .map(|p| p.to_string())
+                .collect();
+            warn!(
+                owed = owed_peers.len(),
+                unclosed,
+                "shutdown timeout reached before all was sent: {} clients still owed data were reset ({}{})",
+                owed_peers.len(),
+                named.join(", "),
+                if owed_peers.len() > NAMED { ", ..." } else { "" }
+            );
+        } else {
+            info!(
+                unclosed,
+                "shutdown timeout reached: {unclosed} clients were sent all but had not closed their side; closing them"
+            );
         }
         self.close_pending(now);
         true

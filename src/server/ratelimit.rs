@@ -34,6 +34,29 @@ impl LogLimit {
             }
         }
     }
+
+    /// The kinds with lines suppressed since their last line, once a second has passed since
+    /// it (or all of them, with `all`, at exit), each with the count, which is then cleared:
+    /// a burst's count is reported even when no later line of its kind comes to carry it.
+    pub fn overdue(&mut self, now: Instant, all: bool) -> Vec<(&'static str, u64)> {
+        let mut due = Vec::new();
+        for (kind, last, suppressed) in &mut self.kinds {
+            if *suppressed > 0 && (all || now.saturating_duration_since(*last) >= LOG_EVERY) {
+                due.push((*kind, std::mem::take(suppressed)));
+                *last = now;
+            }
+        }
+        due
+    }
+
+    /// When [`overdue`](Self::overdue) will next have something to say.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.kinds
+            .iter()
+            .filter(|(_, _, suppressed)| *suppressed > 0)
+            .map(|(_, last, _)| *last + LOG_EVERY)
+            .min()
+    }
 }
 
 #[cfg(test)]
@@ -56,5 +79,24 @@ mod tests {
         assert_eq!(limit.allow("reset", t0 + LOG_EVERY), Some(5));
         assert_eq!(limit.allow("reset", t0 + LOG_EVERY), None);
         assert_eq!(limit.allow("reset", t0 + 3 * LOG_EVERY), Some(1));
+    }
+
+    #[test]
+    fn a_suppressed_count_is_reported_even_if_no_line_of_its_kind_follows() {
+        let t0 = Instant::now();
+        let mut limit = LogLimit::default();
+        limit.allow("idle", t0);
+        limit.allow("idle", t0);
+        limit.allow("idle", t0);
+        assert_eq!(limit.next_due(), Some(t0 + LOG_EVERY));
+        assert!(limit.overdue(t0, false).is_empty(), "not a second yet");
+        assert_eq!(limit.overdue(t0 + LOG_EVERY, false), vec![("idle", 2)]);
+        assert_eq!(limit.next_due(), None, "reported once");
+        limit.allow("idle", t0 + LOG_EVERY);
+        assert_eq!(
+            limit.overdue(t0 + LOG_EVERY, true),
+            vec![("idle", 1)],
+            "all, at exit"
+        );
     }
 }
