@@ -244,11 +244,35 @@ fn an_idle_server_sleeps_in_epoll_wait_without_a_timeout() {
                 matches!(fields.get(4), Some(&"0xffffffff" | &"0xffffffffffffffff")),
                 "idle server polls with a timeout: {last}"
             );
+            // Deadlines go to the loop's timerfd instead: it must be disarmed too.
+            let timers = timerfd_values(server.pid());
+            assert!(!timers.is_empty(), "no timerfd found");
+            assert!(
+                timers.iter().all(|v| v == "(0, 0)"),
+                "idle server has a timer armed: {timers:?}"
+            );
             return;
         }
         util::poll_tick();
     }
     panic!("the idle server never slept in epoll_wait; last seen: {last}");
+}
+
+/// The `it_value` of each of the process's timerfds, from /proc/PID/fdinfo: `(0, 0)` when
+/// disarmed.
+fn timerfd_values(pid: i32) -> Vec<String> {
+    let mut values = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
+        let Ok(info) = std::fs::read_to_string(entry.expect("fdinfo entry").path()) else {
+            continue;
+        };
+        if info.lines().any(|l| l.starts_with("clockid:")) {
+            if let Some(v) = info.lines().find_map(|l| l.strip_prefix("it_value:")) {
+                values.push(v.trim().to_string());
+            }
+        }
+    }
+    values
 }
 
 /// The epoll interest masks of the server's registered descriptors, from /proc/PID/fdinfo.
@@ -309,10 +333,11 @@ fn writable_interest_is_held_only_while_a_receiver_is_behind() {
 /// A message that arrives split over two reads must not hold more than it counts. Each "x\n"
 /// here is sent as "x", then (once the server has read it) "\n", while a stalled receiver keeps
 /// every message in the log: before the fix each such 2-byte message pinned a 4 KiB-64 KiB read
-/// block (about 80 MiB for 20,000 of them) that --max-pending never counted.
+/// block (about 15 MiB for 5,000 of them) that --max-pending never counted.
 #[test]
 fn messages_split_over_reads_hold_only_what_they_count() {
-    let server = Server::start(&[]);
+    // Room for everything below, so the stalled client stays and the log holds it all.
+    let server = Server::start(&["--max-pending", "64MiB"]);
     let mut stalled = Client::connect_small_buffer(server.addr);
     let mut reader = server.connect();
     let mut splitter = server.connect();
@@ -328,7 +353,7 @@ fn messages_split_over_reads_hold_only_what_they_count() {
     splitter.send(&filler);
     reader.expect(&filler);
     let before = server.rss();
-    let n = 20_000;
+    let n = 5_000;
     for _ in 0..n {
         // Only the splitter sends now: the server's count of bytes read tells when it read "x".
         let read = util::bytes_read(server.pid());
@@ -347,6 +372,10 @@ fn messages_split_over_reads_hold_only_what_they_count() {
         reader.expect(b"x\n");
     }
     let growth = server.rss().saturating_sub(before);
+    assert!(
+        util::server_side_of(stalled.local_addr(), server.addr).is_some(),
+        "the stalled client was cut off: the log no longer held the messages measured"
+    );
     eprintln!(
         "RSS growth for {n} messages split over two reads: {:.1} MiB",
         growth as f64 / MIB as f64
@@ -413,4 +442,54 @@ fn a_shutdown_during_an_accept_pause_does_not_spin() {
         "the server used {used:?} of CPU over a 2 s shutdown: it spun"
     );
     drop(stalled);
+}
+
+/// A flood of the smallest messages (empty lines) from many clients, with a receiver that never
+/// reads, is bounded like a few large ones: each counts its bookkeeping against --max-pending,
+/// and reading stops when a round's input counts a quarter of it. (Before: 130 MiB.)
+#[test]
+fn a_flood_of_empty_lines_is_bounded_like_large_messages() {
+    let server = Server::start(&[]);
+    let stalled = Client::connect_small_buffer(server.addr);
+    let mut flooders: Vec<Client> = (0..8).map(|_| server.connect()).collect();
+    flooders[0].send(b"ready\n");
+    for c in &mut flooders {
+        c.expect(b"ready\n");
+    }
+    // Each sends 1 MiB of empty lines, flat out, and reads what it is sent (on a thread).
+    let senders: Vec<_> = flooders
+        .iter()
+        .map(|c| {
+            c.discard_input();
+            let mut out = c.stream.try_clone().unwrap();
+            thread::spawn(move || {
+                use std::io::Write;
+                let burst = vec![b'\n'; 64 * 1024];
+                for _ in 0..16 {
+                    if out.write_all(&burst).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    // Everything sent has been relayed once the last flooder's own echo comes back.
+    let mut last = flooders.pop().unwrap();
+    let mut probe = server.connect();
+    last.send(b"done\n");
+    probe.skip_past(b"done\n");
+    let peak = server.peak_rss();
+    eprintln!(
+        "peak RSS with 8 clients flooding empty lines: {:.1} MiB",
+        peak as f64 / MIB as f64
+    );
+    assert!(
+        peak < 32 * MIB + 8 * MIB,
+        "peak RSS {:.1} MiB flooding empty lines exceeds 32 MiB + --max-pending",
+        peak as f64 / MIB as f64
+    );
+    drop((stalled, flooders, last));
 }

@@ -30,7 +30,7 @@ fn sigterm_refuses_new_clients_delivers_what_is_queued_and_exits_zero() {
         TcpStream::connect(server.addr).is_err(),
         "a new connection was accepted during shutdown"
     );
-    let got = stalled.read_to_close();
+    let got = stalled.read_to_eof();
     assert!(
         got == expected,
         "the stalled client did not get all that was queued"
@@ -48,34 +48,54 @@ fn sigint_with_nothing_queued_exits_as_soon_as_the_clients_close() {
     b.expect(b"ready\n");
     server.signal(libc::SIGINT);
     // Each client reads the end of the stream at once (nothing was owed), and closes.
-    assert!(a.read_to_close().is_empty());
-    assert!(b.read_to_close().is_empty());
+    assert!(a.read_to_eof().is_empty());
+    assert!(b.read_to_eof().is_empty());
     drop((a, b));
     // Far less than the 600 s ceiling.
     assert!(server.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// The shutdown timeout caps the wait for a client that never reads. That client is reset, so
+/// it cannot take a message cut short by the deadline for a whole one, and one line (not
+/// rate-limited) says who was still owed data.
 #[test]
 fn shutdown_timeout_caps_the_wait_for_a_client_that_never_reads() {
     let mut server = Server::start(&["--shutdown-timeout", "0.5", "--max-pending", "64MiB"]);
-    let stalled = Client::connect_small_buffer(server.addr);
+    let mut stalled: Vec<Client> = (0..3)
+        .map(|_| Client::connect_small_buffer(server.addr))
+        .collect();
     let mut reader = server.connect();
     let mut publisher = server.connect();
     publisher.discard_input();
-    let peer = stalled.local_addr().to_string();
     publisher.send(b"ready\n");
     reader.expect(b"ready\n");
+    for c in &mut stalled {
+        c.expect(b"ready\n");
+    }
     // More than the kernel's socket buffers hold, so most of it waits in the server's log.
     let lines = numbered_lines(16 << 20);
     publisher.send(&lines);
     publisher.send(b"last\n");
-    // Once the reader has it all, the server holds it for the stalled client.
+    // Once the reader has it all, the server holds it for the stalled clients.
     reader.expect(&lines);
     reader.expect(b"last\n");
     server.signal(libc::SIGTERM);
+    let line = server
+        .log
+        .wait_for(&["shutdown timeout reached before all was sent"]);
+    assert!(line.contains("3 clients still owed data"), "{line}");
+    let peer = stalled[0].local_addr().to_string();
+    assert!(line.contains(&peer), "{line} does not name {peer}");
     assert!(server.wait_exit(util::DEADLINE).success());
-    server.log.wait_for(&[&peer, "shutdown timeout reached"]);
-    drop(stalled);
+    for c in &mut stalled {
+        let (got, reset) = c.read_until_closed();
+        assert!(
+            reset,
+            "a client cut off at the deadline ended in order after {} bytes",
+            got.len()
+        );
+    }
+    drop(reader);
 }
 
 #[test]
@@ -152,8 +172,8 @@ fn a_client_that_keeps_sending_through_shutdown_still_receives_everything_relaye
     server.log.wait_for(&["shutting down (SIGTERM)"]);
     // What the reader got is what was relayed: the backlog and the typing relayed before the
     // signal. The chatty client must get exactly that too (a reset would cut it short).
-    let relayed = reader.read_to_close();
-    let got = chatty.read_to_close();
+    let relayed = reader.read_to_eof();
+    let got = chatty.read_to_eof();
     stop.store(true, Ordering::SeqCst);
     typing.join().unwrap();
     let want = [&backlog[..], &relayed[..]].concat();
@@ -173,36 +193,167 @@ fn a_client_that_keeps_sending_through_shutdown_still_receives_everything_relaye
 fn a_half_closed_client_still_owed_its_backlog_is_not_idle() {
     use std::net::Shutdown;
 
-    let server = Server::start(&["--idle-timeout", "0.5", "--max-pending", "64MiB"]);
+    let server = Server::start(&[
+        "--protocol",
+        "frame",
+        "--idle-timeout",
+        "0.5",
+        "--max-pending",
+        "64MiB",
+    ]);
     let mut owed = Client::connect_small_buffer(server.addr);
     let mut publisher = server.connect();
-    publisher.send(b"ready\n");
-    owed.expect(b"ready\n");
-    publisher.expect(b"ready\n");
-    let lines = numbered_lines(8 << 20);
+    publisher.send_frame(b"ready");
+    assert_eq!(owed.read_frame(), b"ready");
+    assert_eq!(publisher.read_frame(), b"ready");
+    // Both keep the idle timer at bay with keepalives (zero-length frames, never relayed)
+    // for as long as the set-up takes, however loaded the machine.
+    let owed_alive = keepalive(&owed);
+    let publisher_alive = keepalive(&publisher);
+    let backlog = frames_of(numbered_lines(8 << 20));
     let echo = {
         let mut reader = publisher.stream.try_clone().unwrap();
-        let len = lines.len();
+        let len = backlog.len();
         thread::spawn(move || {
             use std::io::Read;
             let mut got = vec![0u8; len];
             reader.read_exact(&mut got).map(|_| got)
         })
     };
-    publisher.send(&lines);
-    assert!(echo.join().unwrap().expect("echo") == lines);
+    publisher_alive.send_all(&backlog);
+    assert!(echo.join().unwrap().expect("echo") == backlog);
+    // The owed client goes quiet first and closes its side; then the publisher goes quiet.
+    owed_alive.stop();
     owed.stream.shutdown(Shutdown::Write).unwrap();
-    // The publisher, silent since, is closed as idle; the half-closed client, silent for
-    // longer, must not be.
+    publisher_alive.stop();
+    // The publisher is closed as idle; the half-closed client, quiet for longer, must not be.
     let peer = publisher.local_addr().to_string();
     server.log.wait_for(&[&peer, "idle"]);
-    let got = owed.read_to_close();
+    let got = owed.read_to_eof();
     assert!(
-        got == lines,
+        got == backlog,
         "the half-closed client got {} of {} bytes",
         got.len(),
-        lines.len()
+        backlog.len()
     );
+}
+
+/// A client that keeps sending keepalives while it slowly reads its backlog during a graceful
+/// shutdown is not cut off as idle: the idle timeout is for serving, the shutdown timeout
+/// bounds the drain.
+#[test]
+fn no_client_is_cut_off_as_idle_while_the_server_drains() {
+    let mut server = Server::start(&[
+        "--protocol",
+        "frame",
+        "--idle-timeout",
+        "0.3",
+        "--shutdown-timeout",
+        "20",
+        "--max-pending",
+        "64MiB",
+    ]);
+    let mut slow = Client::connect_small_buffer(server.addr);
+    let mut publisher = server.connect();
+    publisher.send_frame(b"ready");
+    assert_eq!(slow.read_frame(), b"ready");
+    assert_eq!(publisher.read_frame(), b"ready");
+    let slow_alive = keepalive(&slow);
+    let backlog = frames_of(numbered_lines(4 << 20));
+    let echo = {
+        let mut reader = publisher.stream.try_clone().unwrap();
+        let len = backlog.len();
+        thread::spawn(move || {
+            use std::io::Read;
+            let mut got = vec![0u8; len];
+            reader.read_exact(&mut got).map(|_| got)
+        })
+    };
+    publisher.send(&backlog);
+    assert!(echo.join().unwrap().expect("echo") == backlog);
+    drop(publisher);
+    server.signal(libc::SIGTERM);
+    server.log.wait_for(&["shutting down (SIGTERM)"]);
+    // A slow reader: a pause of 30 ms every 128 KiB, so draining 4 MiB outlasts the idle
+    // timeout several times over (this paces the client; nothing waits on it for
+    // synchronisation).
+    let mut got = Vec::new();
+    let mut paced = 0;
+    loop {
+        let chunk = slow.read_some(64 * 1024);
+        if chunk.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&chunk);
+        if got.len() - paced >= 128 * 1024 {
+            paced = got.len();
+            thread::sleep(Duration::from_millis(30));
+        }
+    }
+    slow_alive.stop();
+    assert!(
+        got == backlog,
+        "the slow client got {} of {} bytes",
+        got.len(),
+        backlog.len()
+    );
+    drop(slow);
+    assert!(server.wait_exit(util::DEADLINE).success());
+    assert_eq!(
+        server.log.count("disconnected: idle"),
+        0,
+        "{}",
+        server.log.text()
+    );
+}
+
+/// Sends zero-length frames (keepalives) on `client`'s socket every 50 ms from a thread, and
+/// anything else through the same thread so that frames never interleave.
+struct Keepalive {
+    tx: mpsc::Sender<Option<Vec<u8>>>,
+    thread: thread::JoinHandle<()>,
+}
+
+fn keepalive(client: &Client) -> Keepalive {
+    use std::io::Write;
+    let mut out = client.stream.try_clone().unwrap();
+    let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
+    let thread = thread::spawn(move || loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Some(bytes)) => out.write_all(&bytes).unwrap(),
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if out.write_all(&0u64.to_be_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Keepalive { tx, thread }
+}
+
+impl Keepalive {
+    fn send_all(&self, bytes: &[u8]) {
+        self.tx.send(Some(bytes.to_vec())).unwrap();
+    }
+
+    fn stop(self) {
+        let _ = self.tx.send(None);
+        self.thread.join().unwrap();
+    }
+}
+
+/// `bytes` cut into frames of at most 1000 bytes of payload, in wire form.
+fn frames_of(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+        .chunks(1000)
+        .flat_map(|p| {
+            (p.len() as u64)
+                .to_be_bytes()
+                .into_iter()
+                .chain(p.iter().copied())
+        })
+        .collect()
 }
 
 /// About `total` bytes of distinct 100-byte lines.

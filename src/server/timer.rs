@@ -116,6 +116,31 @@ mod tests {
         }
     }
 
+    /// The point of the timerfd: a wait shorter than a millisecond really is. `epoll_wait`'s
+    /// own timeout rounds up to whole milliseconds, so with it no try could fire within 700 µs
+    /// of a deadline 300 µs away; on a loaded machine some tries may be late, so one of ten
+    /// must be on time.
+    #[test]
+    fn sub_millisecond_deadlines_are_kept_to_the_microsecond() {
+        let mut poll = Poll::new().unwrap();
+        let mut timer = Timer::new(poll.registry(), Token(7)).unwrap();
+        let mut lateness = Vec::new();
+        for _ in 0..10 {
+            let now = Instant::now();
+            let at = now + Duration::from_micros(300);
+            timer.set(Some(at), now).unwrap();
+            let fired = wait_for_timer(&mut poll);
+            timer.fired();
+            lateness.push(fired - at);
+        }
+        assert!(
+            lateness
+                .iter()
+                .any(|late| *late < Duration::from_micros(700)),
+            "every wait of 300 µs was late by 700 µs or more: {lateness:?}"
+        );
+    }
+
     #[test]
     fn a_new_deadline_replaces_the_old_and_none_disarms() {
         let mut poll = Poll::new().unwrap();

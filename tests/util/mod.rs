@@ -251,6 +251,41 @@ impl Client {
         Ok(n)
     }
 
+    /// Waits for up to `max` bytes, whatever arrives first; empty at the end of the stream.
+    pub fn read_some(&mut self, max: usize) -> Vec<u8> {
+        if self.pending.is_empty() {
+            let deadline = Instant::now() + DEADLINE;
+            if let Err(e) = self.fill(deadline) {
+                panic!("waiting for bytes: {e}");
+            }
+        }
+        let n = self.pending.len().min(max);
+        self.pending.drain(..n).collect()
+    }
+
+    /// Reads and drops everything up to and including the first `marker`, quickly (a client
+    /// that reads slowly would become a slow consumer).
+    pub fn skip_past(&mut self, marker: &[u8]) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(i) = self.pending.windows(marker.len()).position(|w| w == marker) {
+                self.pending.drain(..i + marker.len());
+                return;
+            }
+            // Keep only what could be the start of the marker.
+            let keep = self.pending.len().min(marker.len() - 1);
+            self.pending.drain(..self.pending.len() - keep);
+            match self.fill(deadline) {
+                Ok(0) => panic!(
+                    "connection closed before {:?}",
+                    String::from_utf8_lossy(marker)
+                ),
+                Ok(_) => {}
+                Err(e) => panic!("waiting for {:?}: {e}", String::from_utf8_lossy(marker)),
+            }
+        }
+    }
+
     /// Waits for exactly `n` more bytes.
     pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
         let deadline = Instant::now() + DEADLINE;
@@ -304,16 +339,29 @@ impl Client {
         self.read_exact(len)
     }
 
-    /// Reads until the server closes the connection; returns everything read. Fails the test
-    /// if the connection is still open at the deadline.
+    /// Reads until the server closes the connection, in order or with a reset; returns
+    /// everything read. Fails the test if the connection is still open at the deadline.
     pub fn read_to_close(&mut self) -> Vec<u8> {
+        self.read_until_closed().0
+    }
+
+    /// Reads until the server ends the stream in order (FIN); fails the test on a reset.
+    pub fn read_to_eof(&mut self) -> Vec<u8> {
+        let (got, reset) = self.read_until_closed();
+        assert!(!reset, "the connection was reset after {} bytes", got.len());
+        got
+    }
+
+    /// Reads until the server closes the connection; returns what was read and whether it
+    /// ended with a reset rather than an orderly end of stream.
+    pub fn read_until_closed(&mut self) -> (Vec<u8>, bool) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             match self.fill(deadline) {
-                Ok(0) => return std::mem::take(&mut self.pending),
+                Ok(0) => return (std::mem::take(&mut self.pending), false),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return std::mem::take(&mut self.pending)
+                    return (std::mem::take(&mut self.pending), true)
                 }
                 Err(e) => panic!("connection not closed by the server: {e}"),
             }

@@ -1,6 +1,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use mio::{Interest, Token};
 
 use super::*;
 
@@ -75,4 +76,82 @@ fn woken_receivers_or_a_requested_full_round_are_due_at_once() {
     let mut fanout = Fanout::new(t0);
     fanout.woken.push((3, 9));
     assert_eq!(fanout.next_round_at(), Some(t0));
+}
+
+/// Accepted loopback connections as the server holds them, joined to `fanout`.
+fn connections(
+    fanout: &mut Fanout,
+    poll: &mio::Poll,
+    ids: std::ops::Range<u64>,
+) -> (Slab<Connection>, Vec<std::net::TcpStream>) {
+    use crate::protocol::{Decoder, Protocol};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut conns = Slab::new();
+    let mut clients = Vec::new();
+    for id in ids {
+        clients.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+        let (socket, peer) = listener.accept().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let mut socket = mio::net::TcpStream::from_std(socket);
+        let entry = conns.vacant_entry();
+        let key = entry.key();
+        poll.registry()
+            .register(&mut socket, Token(key), Interest::READABLE)
+            .unwrap();
+        let decoder = Decoder::new(Protocol::Line, 1024);
+        let conn = entry.insert(Connection::new(socket, peer, id, decoder, Instant::now()));
+        fanout.join(key, conn);
+    }
+    (conns, clients)
+}
+
+fn policy() -> Policy {
+    Policy {
+        echo_self: true,
+        max_pending: 1 << 20,
+        slow_consumer: SlowConsumerPolicy::Disconnect,
+        draining: false,
+    }
+}
+
+/// The defect from the issue, through `Fanout::join` and `Fanout::step`: a round begins, the
+/// only receiver it was to visit leaves, another joins (into the freed slot) and a message is
+/// sent to it. The round ends without having visited anyone: its trim must keep that message.
+#[test]
+fn a_receiver_joining_a_round_whose_receivers_all_left_keeps_its_messages() {
+    let poll = mio::Poll::new().unwrap();
+    let t0 = Instant::now();
+    let mut fanout = Fanout::new(t0);
+    let (mut conns, _clients) = connections(&mut fanout, &poll, 0..1);
+    fanout.log.append(Bytes::from_static(b"before\n"), 9);
+    let mut limit = LogLimit::default();
+    let mut closing = Vec::new();
+    // Start the round (it visits the one receiver), without letting it finish yet.
+    fanout.start_round(&mut conns, t0);
+    let leaving = conns.remove(0);
+    fanout.leave(&leaving, &mut conns);
+    drop(leaving);
+    let (mut joined, _more_clients) = connections(&mut fanout, &poll, 1..2);
+    // The new receiver took slot 0 of its own slab; move it into the round's slab.
+    let conn = joined.remove(0);
+    let key = conns.insert(conn);
+    assert_eq!(key, 0, "the freed slot is reused");
+    fanout.log.append(Bytes::from_static(b"after\n"), 9);
+    fanout.step(
+        t0,
+        &mut conns,
+        poll.registry(),
+        policy(),
+        &mut limit,
+        &mut closing,
+    );
+    assert!(!fanout.in_round());
+    let newcomer = &conns[0];
+    assert!(
+        !newcomer.cursor.has_fallen_off(&fanout.log),
+        "the trim took what the newcomer needs: log starts at {}, it needs {}",
+        fanout.log.first_seq(),
+        newcomer.cursor.next_seq()
+    );
+    assert!(closing.is_empty());
 }
