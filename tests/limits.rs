@@ -2,7 +2,6 @@
 
 mod util;
 
-use std::os::unix::process::CommandExt;
 use std::sync::mpsc;
 use std::thread;
 
@@ -186,20 +185,7 @@ fn connections_over_the_limit_are_closed_at_once_and_the_rest_are_served() {
 
 #[test]
 fn running_out_of_descriptors_is_logged_and_backed_off_not_spun_on() {
-    let mut cmd = util::mob();
-    // SAFETY: setrlimit is async-signal-safe; the child gets a hard limit of 32 descriptors.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 32,
-                rlim_max: 32,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let cmd = util::mob_with_fd_limit(32);
     let server = Server::start_with(cmd, &[]);
     server.log.wait_for(&["open-files limit is 32"]);
     let mut clients: Vec<Client> = (0..40).map(|_| server.connect()).collect();
@@ -393,20 +379,7 @@ fn messages_split_over_reads_hold_only_what_they_count() {
 /// its clients are served or the shutdown timeout ends. CPU time over the shutdown shows it.
 #[test]
 fn a_shutdown_during_an_accept_pause_does_not_spin() {
-    let mut cmd = util::mob();
-    // SAFETY: setrlimit is async-signal-safe; the child gets a hard limit of 32 descriptors.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 32,
-                rlim_max: 32,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let cmd = util::mob_with_fd_limit(32);
     let server = Server::start_with(cmd, &["--max-pending", "64MiB", "--shutdown-timeout", "2"]);
     let mut stalled = Client::connect_small_buffer(server.addr);
     let mut publisher = server.connect();
@@ -417,15 +390,7 @@ fn a_shutdown_during_an_accept_pause_does_not_spin() {
     let backlog: Vec<u8> = (0..16 * 1024u64)
         .flat_map(|i| format!("{i:0>1023}\n").into_bytes())
         .collect();
-    let echo = {
-        let mut reader = publisher.stream.try_clone().unwrap();
-        let len = backlog.len();
-        thread::spawn(move || {
-            use std::io::Read;
-            let mut got = vec![0u8; len];
-            reader.read_exact(&mut got).map(|_| got)
-        })
-    };
+    let echo = publisher.read_on_thread(backlog.len());
     publisher.send(&backlog);
     assert!(echo.join().unwrap().expect("echo") == backlog);
     let _flood: Vec<Client> = (0..40).map(|_| server.connect()).collect();

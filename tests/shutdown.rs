@@ -211,15 +211,7 @@ fn a_half_closed_client_still_owed_its_backlog_is_not_idle() {
     let owed_alive = keepalive(&owed);
     let publisher_alive = keepalive(&publisher);
     let backlog = frames_of(numbered_lines(8 << 20));
-    let echo = {
-        let mut reader = publisher.stream.try_clone().unwrap();
-        let len = backlog.len();
-        thread::spawn(move || {
-            use std::io::Read;
-            let mut got = vec![0u8; len];
-            reader.read_exact(&mut got).map(|_| got)
-        })
-    };
+    let echo = publisher.read_on_thread(backlog.len());
     publisher_alive.send_all(&backlog);
     assert!(echo.join().unwrap().expect("echo") == backlog);
     // The owed client goes quiet first and closes its side; then the publisher goes quiet.
@@ -260,15 +252,7 @@ fn no_client_is_cut_off_as_idle_while_the_server_drains() {
     assert_eq!(publisher.read_frame(), b"ready");
     let slow_alive = keepalive(&slow);
     let backlog = frames_of(numbered_lines(4 << 20));
-    let echo = {
-        let mut reader = publisher.stream.try_clone().unwrap();
-        let len = backlog.len();
-        thread::spawn(move || {
-            use std::io::Read;
-            let mut got = vec![0u8; len];
-            reader.read_exact(&mut got).map(|_| got)
-        })
-    };
+    let echo = publisher.read_on_thread(backlog.len());
     publisher.send(&backlog);
     assert!(echo.join().unwrap().expect("echo") == backlog);
     drop(publisher);

@@ -11,7 +11,7 @@ use socket2::{SockRef, TcpKeepalive};
 use super::cursor::{Cursor, Flushed};
 use super::disconnect::DisconnectReason;
 use super::inbox::{self, Inbox};
-use super::log::{Entry, MAX_HELD_PER_BYTE};
+use super::log::Entry;
 use crate::protocol::Decoder;
 use crate::sys;
 
@@ -98,6 +98,9 @@ pub struct Connection {
     pub woken: bool,
     /// Index of this connection in the fan-out's list of members.
     pub member_index: usize,
+    /// The shortest message this client has sent (`usize::MAX` until it has sent one): how
+    /// much input a read may take within what is left of the round's budget.
+    shortest: usize,
     /// Messages skipped under `--slow-consumer drop`.
     pub dropped: u64,
 }
@@ -124,6 +127,7 @@ impl Connection {
             queued: false,
             woken: false,
             member_index: 0,
+            shortest: usize::MAX,
             dropped: 0,
         }
     }
@@ -141,10 +145,14 @@ impl Connection {
 
     /// Reads until `WouldBlock`, end of stream, `budget` bytes read, or messages that count
     /// `held_budget` bytes against `--max-pending` (see [`Entry::held`]), appending every
-    /// complete message to `bufs.batch`. No read takes more bytes than the held budget left
-    /// could count if every byte were a message of its own (but at least [`READ_FLOOR`]), so
-    /// the budget is passed by at most [`READ_FLOOR`] x [`MAX_HELD_PER_BYTE`] (258 KiB), plus
-    /// one message that an earlier read left incomplete.
+    /// complete message to `bufs.batch`.
+    ///
+    /// No read takes more bytes than the held budget left could count if the input were all
+    /// messages as short as the shortest this client has sent (until it has sent one: one
+    /// byte; but at least [`READ_FLOOR`]). A client of large messages thus reads in large
+    /// chunks, and one that sends tiny ones in small chunks. The budget is passed by at most
+    /// one read if a client sends shorter messages than ever before (at most [`inbox::MAX_READ`],
+    /// bytes of one-byte messages), plus one message that an earlier read left incomplete.
     pub fn read(
         &mut self,
         bufs: &mut ReadBuffers,
@@ -159,9 +167,19 @@ impl Connection {
         let (mut taken, mut held) = (0, 0);
         while taken < budget && held < held_budget {
             inbox::reserve_for_read(&mut bufs.scratch);
-            let most = ((held_budget - held) / MAX_HELD_PER_BYTE)
+            // Until the client has sent a message, assume the worst: one byte each.
+            let shortest = if self.shortest == usize::MAX {
+                1
+            } else {
+                self.shortest
+            };
+            let most = ((held_budget - held) as u128 * shortest as u128
+                / Entry::held_for(shortest) as u128)
+                .min(usize::MAX as u128) as usize;
+            let most = most
                 .max(READ_FLOOR)
-                .min(budget - taken);
+                .min(budget - taken)
+                .min(inbox::MAX_READ);
             match sys::read_into(&self.socket, &mut bufs.scratch, most) {
                 Ok(0) => {
                     self.inbox.finish(self.id, &mut bufs.batch)?;
@@ -177,7 +195,10 @@ impl Connection {
                         self.id,
                         &mut bufs.batch,
                     );
-                    held += bufs.batch[before..].iter().map(Entry::held).sum::<usize>();
+                    for entry in &bufs.batch[before..] {
+                        held += entry.held();
+                        self.shortest = self.shortest.min(entry.len().max(1));
+                    }
                     absorbed?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Input::Drained),

@@ -13,10 +13,15 @@ use crate::protocol::{Decoder, Next, ProtocolError};
 
 /// Size of a fresh scratch block. Messages are split off it without a copy, so one block
 /// carries the messages of many reads (of all clients) until every receiver has been sent them.
-pub const READ_BLOCK: usize = 64 * 1024;
+pub const READ_BLOCK: usize = 256 * 1024;
 
-/// Start a fresh scratch block when less than this is left in the current one.
-const MIN_READ: usize = 4 * 1024;
+/// Start a fresh block when less than this is left in the current one: reads stay large (a
+/// message completed from an earlier read is copied out, so the same stretch of a block can
+/// serve read after read), and the room a block leaves unused stays under an eighth of it.
+const MIN_READ: usize = 32 * 1024;
+
+/// The most one read takes: a bound on what a single read can add to the log.
+pub const MAX_READ: usize = 64 * 1024;
 
 /// Makes room in the loop's scratch block for the next read.
 pub fn reserve_for_read(scratch: &mut BytesMut) {

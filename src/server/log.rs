@@ -14,10 +14,6 @@ use bytes::Bytes;
 /// that has a buffer of its own (one completed over several reads).
 pub const ENTRY_OVERHEAD: usize = 2 * size_of::<Entry>() + 32;
 
-/// The most a message can count per byte of its wire form: a one-byte message (an empty line)
-/// counts 1 + [`ENTRY_OVERHEAD`]. Reading `n` bytes can add at most `n` times this to the log.
-pub const MAX_HELD_PER_BYTE: usize = 1 + ENTRY_OVERHEAD;
-
 /// The ring gives memory back once it is this large and at most a quarter full.
 const SHRINK_ABOVE: usize = 1024;
 
@@ -104,7 +100,12 @@ impl Entry {
     /// parts of its block no message uses (the room left when a fresh block was started, and
     /// up to a sixteenth between messages; see `Inbox`), and [`ENTRY_OVERHEAD`].
     pub fn held(&self) -> usize {
-        self.len() + self.len() / 4 + ENTRY_OVERHEAD
+        Entry::held_for(self.len())
+    }
+
+    /// What a message of `len` bytes counts against `--max-pending`.
+    pub fn held_for(len: usize) -> usize {
+        len + len / 4 + ENTRY_OVERHEAD
     }
 }
 

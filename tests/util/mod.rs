@@ -21,6 +21,26 @@ pub fn mob() -> Command {
     }
 }
 
+/// `mob` with a hard limit of `n` open descriptors, to run it out of them.
+pub fn mob_with_fd_limit(n: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = mob();
+    // SAFETY: setrlimit is async-signal-safe; the child gets a hard limit of `n` descriptors.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Lets one test process open thousands of sockets.
 pub fn raise_fd_limit() {
     static ONCE: Once = Once::new();
@@ -261,6 +281,17 @@ impl Client {
         }
         let n = self.pending.len().min(max);
         self.pending.drain(..n).collect()
+    }
+
+    /// Reads exactly `len` bytes of what this client is sent, on a thread (so the caller can
+    /// send meanwhile); join the handle for them.
+    pub fn read_on_thread(&self, len: usize) -> thread::JoinHandle<io::Result<Vec<u8>>> {
+        let mut reader = self.stream.try_clone().expect("clone socket");
+        reader.set_read_timeout(Some(DEADLINE)).unwrap();
+        thread::spawn(move || {
+            let mut got = vec![0u8; len];
+            reader.read_exact(&mut got).map(|_| got)
+        })
     }
 
     /// Reads and drops everything up to and including the first `marker`, quickly (a client
