@@ -81,6 +81,7 @@ fn relay_batch(wire: &BytesMut, log: &mut Log, cursors: &mut [Cursor], sinks: &m
             &mut Vec::with_capacity(MESSAGES),
             0,
             &mut batch,
+            false,
         )
         .expect("valid stream");
     for entry in batch {

@@ -62,13 +62,15 @@ fn held_and_counted(protocol: Protocol, stream: &[u8], reads: &[usize]) -> (isiz
     let mut sizes = reads.iter().copied().cycle();
     while !rest.is_empty() {
         reserve_for_read(&mut scratch);
-        // A read takes at most the spare room of the scratch block, as read(2) does.
+        // As the server reads: a small partial goes to the front of the scratch block first;
+        // a read takes at most the spare room left, as read(2) does.
+        let prefixed = inbox.prefix(&mut scratch);
         let room = scratch.capacity() - scratch.len();
         let n = sizes.next().unwrap().clamp(1, rest.len()).min(room);
         scratch.extend_from_slice(&rest[..n]);
         rest = &rest[n..];
         inbox
-            .absorb(&mut scratch, &mut spans, 1, &mut batch)
+            .absorb(&mut scratch, &mut spans, 1, &mut batch, prefixed)
             .expect("valid stream");
         for entry in batch.drain(..) {
             log.push(entry);

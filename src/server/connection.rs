@@ -180,7 +180,13 @@ impl Connection {
                 .max(READ_FLOOR)
                 .min(budget - taken)
                 .min(inbox::MAX_READ);
-            match sys::read_into(&self.socket, &mut bufs.scratch, most) {
+            let prefixed = self.inbox.prefix(&mut bufs.scratch);
+            let read = sys::read_into(&self.socket, &mut bufs.scratch, most);
+            if !matches!(read, Ok(n) if n > 0) {
+                // No new bytes: the partial stays where it was; its copy goes.
+                bufs.scratch.clear();
+            }
+            match read {
                 Ok(0) => {
                     self.inbox.finish(self.id, &mut bufs.batch)?;
                     return Ok(Input::Eof);
@@ -194,6 +200,7 @@ impl Connection {
                         &mut bufs.spans,
                         self.id,
                         &mut bufs.batch,
+                        prefixed,
                     );
                     for entry in &bufs.batch[before..] {
                         held += entry.held();

@@ -23,6 +23,10 @@ const MIN_READ: usize = 32 * 1024;
 /// The most one read takes: a bound on what a single read can add to the log.
 pub const MAX_READ: usize = 64 * 1024;
 
+/// An incomplete message up to this long is continued in the scratch block (see
+/// [`Inbox::prefix`]); a longer one in its own buffer, so it is not copied again per read.
+const SMALL_PARTIAL: usize = 4 * 1024;
+
 /// Makes room in the loop's scratch block for the next read.
 pub fn reserve_for_read(scratch: &mut BytesMut) {
     if scratch.capacity() - scratch.len() < MIN_READ {
@@ -67,16 +71,37 @@ impl Inbox {
         self.partial.capacity()
     }
 
-    /// Takes everything in `scratch` (just read from the client; `scratch` is empty
-    /// afterwards) and appends each message it completes to `batch`, in order. `spans` is the
-    /// loop's reusable list of message positions.
+    /// Before a read into the empty `scratch`: copies a small incomplete message to its front,
+    /// so that the read continues it in place and, once complete, it lies in the shared block
+    /// right before the messages that follow it (one slice for a writer, no buffer of its
+    /// own). The partial itself stays until [`absorb`](Self::absorb) is told the read came:
+    /// if none does, clear `scratch` and nothing is lost. Returns whether it copied.
+    pub fn prefix(&self, scratch: &mut BytesMut) -> bool {
+        debug_assert!(scratch.is_empty());
+        let len = self.partial.len();
+        if len == 0 || len > SMALL_PARTIAL || scratch.capacity() - len < MIN_READ {
+            return false;
+        }
+        scratch.put_slice(&self.partial);
+        true
+    }
+
+    /// Takes everything in `scratch` (just read from the client, after the partial if
+    /// [`prefix`](Self::prefix) put it there: `prefixed`; `scratch` is empty afterwards) and
+    /// appends each message it completes to `batch`, in order. `spans` is the loop's reusable
+    /// list of message positions.
     pub fn absorb(
         &mut self,
         scratch: &mut BytesMut,
         spans: &mut Vec<(usize, usize)>,
         origin: u64,
         batch: &mut Vec<Entry>,
+        prefixed: bool,
     ) -> Result<(), ProtocolError> {
+        if prefixed {
+            // `scratch` now starts at a message boundary with the partial's bytes.
+            self.partial = BytesMut::new();
+        }
         let result = self.split(scratch, spans, origin, batch);
         // Whatever happened, the scratch block must hold nothing of this client when the next
         // one reads into it.
