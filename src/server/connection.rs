@@ -98,8 +98,8 @@ pub struct Connection {
     pub woken: bool,
     /// Index of this connection in the fan-out's list of members.
     pub member_index: usize,
-    /// The shortest message this client has sent (`usize::MAX` until it has sent one): how
-    /// much input a read may take within what is left of the round's budget.
+    /// The shortest message this client sent in its last visit with messages (`usize::MAX`
+    /// until it has sent one): how much input a read may take within the budget left.
     shortest: usize,
     /// Messages skipped under `--slow-consumer drop`.
     pub dropped: u64,
@@ -148,17 +148,36 @@ impl Connection {
     /// complete message to `bufs.batch`.
     ///
     /// No read takes more bytes than the held budget left could count if the input were all
-    /// messages as short as the shortest this client has sent (until it has sent one: one
-    /// byte; but at least [`READ_FLOOR`]). A client of large messages thus reads in large
-    /// chunks, and one that sends tiny ones in small chunks. The budget is passed by at most
-    /// one read if a client sends shorter messages than ever before (at most [`inbox::MAX_READ`],
-    /// bytes of one-byte messages), plus one message that an earlier read left incomplete.
+    /// messages as short as the shortest this client sent in its last visit with messages
+    /// (until it has sent one: one byte; but at least [`READ_FLOOR`]). A client of large
+    /// messages thus reads in large chunks, and one that sends tiny ones in small chunks. The
+    /// budget is passed by at most one read if a client sends shorter messages than in its
+    /// last visit (at most [`inbox::MAX_READ`] bytes of one-byte messages), plus one message
+    /// that an earlier read left incomplete.
     pub fn read(
         &mut self,
         bufs: &mut ReadBuffers,
         budget: usize,
         held_budget: usize,
         now: Instant,
+    ) -> Result<Input, DisconnectReason> {
+        let mut seen = usize::MAX;
+        let result = self.read_visit(bufs, budget, held_budget, now, &mut seen);
+        // The last visit's shortest message sizes the next visit's reads: a client that sent
+        // one empty line long ago is not read in small chunks for ever.
+        if seen != usize::MAX {
+            self.shortest = seen;
+        }
+        result
+    }
+
+    fn read_visit(
+        &mut self,
+        bufs: &mut ReadBuffers,
+        budget: usize,
+        held_budget: usize,
+        now: Instant,
+        seen: &mut usize,
     ) -> Result<Input, DisconnectReason> {
         debug_assert!(
             bufs.scratch.is_empty(),
@@ -168,10 +187,9 @@ impl Connection {
         while taken < budget && held < held_budget {
             inbox::reserve_for_read(&mut bufs.scratch);
             // Until the client has sent a message, assume the worst: one byte each.
-            let shortest = if self.shortest == usize::MAX {
-                1
-            } else {
-                self.shortest
+            let shortest = match self.shortest.min(*seen) {
+                usize::MAX => 1,
+                known => known,
             };
             let most = ((held_budget - held) as u128 * shortest as u128
                 / Entry::held_for(shortest) as u128)
@@ -204,7 +222,7 @@ impl Connection {
                     );
                     for entry in &bufs.batch[before..] {
                         held += entry.held();
-                        self.shortest = self.shortest.min(entry.len().max(1));
+                        *seen = (*seen).min(entry.len().max(1));
                     }
                     absorbed?;
                 }
@@ -248,6 +266,13 @@ impl Connection {
     pub fn flush(&mut self, log: &super::Log, echo_self: bool) -> io::Result<Flushed> {
         let skip = (!echo_self).then_some(self.id);
         self.cursor.flush(log, skip, &mut self.socket)
+    }
+
+    /// Whether anything in `log` is still to be sent to this client (its own messages do not
+    /// count under `--no-echo-self`).
+    pub fn owes(&self, log: &super::Log, echo_self: bool) -> bool {
+        let skip = (!echo_self).then_some(self.id);
+        self.cursor.owes(log, skip)
     }
 
     /// Whether the client closed its side and has now been sent all it is owed.

@@ -60,6 +60,16 @@ impl Cursor {
         self.partial.is_some() || self.next_seq < log.end_seq()
     }
 
+    /// Whether anything in `log` is still to be written, not counting messages from
+    /// `skip_origin` (which [`flush`](Self::flush) steps over). Walks the log: for rare
+    /// decisions, not the data path.
+    pub fn owes(&self, log: &Log, skip_origin: Option<u64>) -> bool {
+        self.partial.is_some()
+            || log
+                .from(self.next_seq)
+                .any(|e| Some(e.origin) != skip_origin)
+    }
+
     /// Whether the log already forgot messages this receiver has not been sent.
     pub fn has_fallen_off(&self, log: &Log) -> bool {
         self.next_seq < log.first_seq()

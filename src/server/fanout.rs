@@ -113,8 +113,10 @@ pub struct Fanout {
     spare: Vec<(usize, u64)>,
     /// `log.appended()` when the last full round began: what is new since.
     flushed_up_to: u64,
-    /// `log.appended_held()` then: what the new input counts against `--max-pending`.
-    flushed_held_up_to: u64,
+    /// `log.appended_held()` when the log was last trimmed (the end of the last full round):
+    /// what the input since counts against `--max-pending`, which reading keeps within one
+    /// round's budget until the next trim.
+    trimmed_held_at: u64,
     /// A full round was asked for (shutdown began).
     full_due: bool,
     /// When the last round ended and how long it took, to space small rounds.
@@ -132,7 +134,7 @@ impl Fanout {
             round: None,
             spare: Vec::new(),
             flushed_up_to: 0,
-            flushed_held_up_to: 0,
+            trimmed_held_at: 0,
             full_due: false,
             last_round: (now, Duration::ZERO),
             dropped: 0,
@@ -184,9 +186,9 @@ impl Fanout {
         self.log.appended() - self.flushed_up_to
     }
 
-    /// The same as `--max-pending` counts it.
-    pub fn unflushed_held(&self) -> u64 {
-        self.log.appended_held() - self.flushed_held_up_to
+    /// Input since the last trim, as `--max-pending` counts it.
+    pub fn untrimmed_held(&self) -> u64 {
+        self.log.appended_held() - self.trimmed_held_at
     }
 
     pub fn in_round(&self) -> bool {
@@ -308,7 +310,6 @@ impl Fanout {
             self.woken.clear();
             visit.extend_from_slice(&self.members);
             self.flushed_up_to = self.log.appended();
-            self.flushed_held_up_to = self.log.appended_held();
             self.full_due = false;
         } else {
             std::mem::swap(&mut visit, &mut self.woken);
@@ -328,6 +329,7 @@ impl Fanout {
     ) {
         let Some(round) = &self.round else { return };
         self.log.trim_before(round.trim_point(self.log.end_seq()));
+        self.trimmed_held_at = self.log.appended_held();
         if self.log.held() <= policy.max_pending {
             return;
         }

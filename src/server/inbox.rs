@@ -53,8 +53,8 @@ pub struct Inbox {
     /// Splits this client's input into messages.
     decoder: Decoder,
     /// The start of a message an earlier read left incomplete; empty (and unallocated) for an
-    /// idle client. It never holds more than the message needs (a frame's exact length once
-    /// its header is known; for a line at most `--max-message` + 1).
+    /// idle client. Its buffer grows geometrically with what arrived, never past the message's
+    /// length (a frame's, once its header is known; for a line `--max-message` + 1).
     partial: BytesMut,
 }
 

@@ -450,8 +450,8 @@ impl Server {
         }
     }
 
-    /// Reads queued connections, each up to its budget, until the input taken since the last
-    /// full flush round began counts `max(--max-pending / 4, 64 KiB)` (as `--max-pending`
+    /// Reads queued connections, each up to its budget, until the input taken since the log
+    /// was last trimmed counts `max(--max-pending / 4, 64 KiB)` (as `--max-pending`
     /// counts it: tiny messages count their bookkeeping too). That bounds how far the log can
     /// grow past `--max-pending` before the round's trim; connections not reached stay queued,
     /// in order, for the next turn. Each visit's messages go to the sequencer as one batch.
@@ -460,7 +460,7 @@ impl Server {
         let budget = (self.config.max_pending / 4).max(MIN_ROUND_INPUT);
         let draining = self.shutdown_deadline.is_some();
         for _ in 0..self.read_queue.len() {
-            let taken = usize::try_from(self.fanout.unflushed_held()).unwrap_or(usize::MAX);
+            let taken = usize::try_from(self.fanout.untrimmed_held()).unwrap_or(usize::MAX);
             if !draining && taken >= budget {
                 break;
             }
@@ -608,10 +608,11 @@ impl Server {
             return false;
         }
         let log = &self.fanout.log;
+        let echo_self = self.config.echo_self;
         let (mut owed_peers, mut unclosed) = (Vec::new(), 0);
         for &(key, _) in self.fanout.members() {
             if let Some(conn) = self.conns.get(key) {
-                let owed = conn.cursor.is_behind(log);
+                let owed = conn.owes(log, echo_self);
                 if owed {
                     owed_peers.push(conn.peer);
                 } else {
@@ -621,8 +622,10 @@ impl Server {
                     .push((key, DisconnectReason::Shutdown { owed }));
             }
         }
-        // One line for all (never rate-limited: it is the last word on what was lost), naming
-        // the first few clients that did not get all they were owed.
+        // Closed before it is logged (whoever reads the line may rely on it); then one line
+        // for all (never rate-limited: it is the last word on what was lost), naming the
+        // first few clients that did not get all they were owed.
+        self.close_pending(now);
         const NAMED: usize = 5;
         if !owed_peers.is_empty() {
             let named: Vec<String> = owed_peers
@@ -641,10 +644,9 @@ impl Server {
         } else {
             info!(
                 unclosed,
-                "shutdown timeout reached: {unclosed} clients were sent all but had not closed their side; closing them"
+                "shutdown timeout reached: {unclosed} clients were sent all but had not closed their side; closed them"
             );
         }
-        self.close_pending(now);
         true
     }
 }
