@@ -79,7 +79,7 @@ impl Inbox {
     pub fn prefix(&self, scratch: &mut BytesMut) -> bool {
         debug_assert!(scratch.is_empty());
         let len = self.partial.len();
-        if len == 0 || len > SMALL_PARTIAL || scratch.capacity() - len < MIN_READ {
+        if len == 0 || len > SMALL_PARTIAL || scratch.capacity().saturating_sub(len) < MIN_READ {
             return false;
         }
         scratch.put_slice(&self.partial);
