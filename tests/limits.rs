@@ -9,6 +9,17 @@ use util::{Client, Server};
 
 const MIB: u64 = 1 << 20;
 
+/// Prints `bytes` of memory (the tests' measurements are worth seeing with --nocapture) and
+/// fails the test when they reach `limit_mib`.
+fn assert_mib_below(what: &str, bytes: u64, limit_mib: u64) {
+    let mib = bytes as f64 / MIB as f64;
+    eprintln!("{what}: {mib:.1} MiB");
+    assert!(
+        bytes < limit_mib * MIB,
+        "{what}: {mib:.1} MiB, limit {limit_mib} MiB"
+    );
+}
+
 /// Connects `n` clients that never read (small receive buffers, so they fall behind soon) and
 /// one that does, and proves all are registered. Returns (readers-to-be, non-readers).
 fn clients(server: &Server, non_readers: usize) -> (Client, Client, Vec<Client>) {
@@ -125,15 +136,8 @@ fn clients_that_never_read_do_not_grow_the_server() {
     let (publisher, reader, stalled) = clients(&server, 1_000);
     publish_flat_out(publisher, reader, 128 * MIB, 4 * MIB);
     let peak = server.peak_rss();
-    eprintln!(
-        "peak RSS with 1,000 stalled clients: {:.1} MiB",
-        peak as f64 / MIB as f64
-    );
-    assert!(
-        peak < 32 * MIB + 8 * MIB,
-        "peak RSS {} MiB with 1,000 stalled clients exceeds 32 MiB + --max-pending",
-        peak / MIB
-    );
+    // 32 MiB plus --max-pending.
+    assert_mib_below("peak RSS with 1,000 stalled clients", peak, 40);
     drop(stalled);
 }
 
@@ -146,15 +150,7 @@ fn ten_thousand_idle_clients_fit_in_32_mib() {
         c.expect(b"ready\n");
     }
     let rss = server.rss();
-    eprintln!(
-        "RSS with 10,000 idle clients: {:.1} MiB",
-        rss as f64 / MIB as f64
-    );
-    assert!(
-        rss < 32 * MIB,
-        "RSS {} MiB with 10,000 idle clients",
-        rss / MIB
-    );
+    assert_mib_below("RSS with 10,000 idle clients", rss, 32);
 }
 
 #[test]
@@ -364,14 +360,10 @@ fn messages_split_over_reads_hold_only_what_they_count() {
         util::server_side_of(stalled.local_addr(), server.addr).is_some(),
         "the stalled client was cut off: the log no longer held the messages measured"
     );
-    eprintln!(
-        "RSS growth for {n} messages split over two reads: {:.1} MiB",
-        growth as f64 / MIB as f64
-    );
-    assert!(
-        growth < MIB,
-        "RSS grew {:.1} MiB for {n} 2-byte messages held for a stalled client",
-        growth as f64 / MIB as f64
+    assert_mib_below(
+        &format!("RSS growth for {n} messages split over two reads"),
+        growth,
+        1,
     );
     drop(stalled);
 }
@@ -457,16 +449,8 @@ fn a_flood_of_empty_lines_is_bounded_like_large_messages() {
         "the stalled client was cut off"
     );
     let peak = server.peak_rss();
-    eprintln!(
-        "peak RSS with 8 clients flooding empty lines: {:.1} MiB",
-        peak as f64 / MIB as f64
-    );
     // --max-pending (8 MiB) plus a round's input and one read (10 MiB at most), plus the
     // process's own few MiB.
-    assert!(
-        peak < 24 * MIB,
-        "peak RSS {:.1} MiB flooding empty lines exceeds 24 MiB",
-        peak as f64 / MIB as f64
-    );
+    assert_mib_below("peak RSS with 8 clients flooding empty lines", peak, 24);
     drop((stalled, flooders));
 }

@@ -193,27 +193,14 @@ fn a_client_that_keeps_sending_through_shutdown_still_receives_everything_relaye
 fn a_half_closed_client_still_owed_its_backlog_is_not_idle() {
     use std::net::Shutdown;
 
-    let server = Server::start(&[
-        "--protocol",
-        "frame",
-        "--idle-timeout",
-        "0.5",
-        "--max-pending",
-        "64MiB",
-    ]);
-    let mut owed = Client::connect_small_buffer(server.addr);
-    let mut publisher = server.connect();
-    publisher.send_frame(b"ready");
-    assert_eq!(owed.read_frame(), b"ready");
-    assert_eq!(publisher.read_frame(), b"ready");
-    // Both keep the idle timer at bay with keepalives (zero-length frames, never relayed)
-    // for as long as the set-up takes, however loaded the machine.
-    let owed_alive = keepalive(&owed);
-    let publisher_alive = keepalive(&publisher);
-    let backlog = frames_of(numbered_lines(8 << 20));
-    let echo = publisher.read_on_thread(backlog.len());
-    publisher_alive.send_all(&backlog);
-    assert!(echo.join().unwrap().expect("echo") == backlog);
+    let Backlogged {
+        server,
+        slow: mut owed,
+        slow_alive: owed_alive,
+        publisher,
+        publisher_alive,
+        backlog,
+    } = backlogged(&["--idle-timeout", "0.5"], 8 << 20);
     // The owed client goes quiet first and closes its side; then the publisher goes quiet.
     owed_alive.stop();
     owed.stream.shutdown(Shutdown::Write).unwrap();
@@ -234,29 +221,18 @@ fn a_half_closed_client_still_owed_its_backlog_is_not_idle() {
 /// cut off as idle: the idle timeout is for serving, the shutdown timeout bounds the drain.
 #[test]
 fn no_client_is_cut_off_as_idle_while_the_server_drains() {
-    let mut server = Server::start(&[
-        "--protocol",
-        "frame",
-        "--idle-timeout",
-        "0.3",
-        "--shutdown-timeout",
-        "20",
-        "--max-pending",
-        "64MiB",
-    ]);
-    let mut slow = Client::connect_small_buffer(server.addr);
-    let mut publisher = server.connect();
-    publisher.send_frame(b"ready");
-    assert_eq!(slow.read_frame(), b"ready");
-    assert_eq!(publisher.read_frame(), b"ready");
-    // Both stay clear of the idle timeout while the backlog is built, however loaded the
-    // machine; the slow client goes quiet once the drain has begun.
-    let slow_alive = keepalive(&slow);
-    let publisher_alive = keepalive(&publisher);
-    let backlog = frames_of(numbered_lines(4 << 20));
-    let echo = publisher.read_on_thread(backlog.len());
-    publisher_alive.send_all(&backlog);
-    assert!(echo.join().unwrap().expect("echo") == backlog);
+    let Backlogged {
+        mut server,
+        mut slow,
+        slow_alive,
+        publisher,
+        publisher_alive,
+        backlog,
+    } = backlogged(
+        &["--idle-timeout", "0.3", "--shutdown-timeout", "20"],
+        4 << 20,
+    );
+    // The slow client goes quiet once the drain has begun.
     publisher_alive.stop();
     drop(publisher);
     server.signal(libc::SIGTERM);
@@ -292,6 +268,43 @@ fn no_client_is_cut_off_as_idle_while_the_server_drains() {
         "{}",
         server.log.text()
     );
+}
+
+/// A frame server (with `args`) holding about `size` bytes of frames for a client with a small
+/// receive buffer that has not read them; it and the publisher send keepalives (zero-length
+/// frames, never relayed) so that neither is idle however long the set-up takes.
+struct Backlogged {
+    server: Server,
+    slow: Client,
+    slow_alive: Keepalive,
+    publisher: Client,
+    publisher_alive: Keepalive,
+    backlog: Vec<u8>,
+}
+
+fn backlogged(args: &[&str], size: usize) -> Backlogged {
+    let args = [&["--protocol", "frame", "--max-pending", "64MiB"], args].concat();
+    let server = Server::start(&args);
+    let mut slow = Client::connect_small_buffer(server.addr);
+    let mut publisher = server.connect();
+    publisher.send_frame(b"ready");
+    assert_eq!(slow.read_frame(), b"ready");
+    assert_eq!(publisher.read_frame(), b"ready");
+    let slow_alive = keepalive(&slow);
+    let publisher_alive = keepalive(&publisher);
+    let backlog = frames_of(numbered_lines(size));
+    // The publisher's own echo says when the server has taken it all.
+    let echo = publisher.read_on_thread(backlog.len());
+    publisher_alive.send_all(&backlog);
+    assert!(echo.join().unwrap().expect("echo") == backlog);
+    Backlogged {
+        server,
+        slow,
+        slow_alive,
+        publisher,
+        publisher_alive,
+        backlog,
+    }
 }
 
 /// Sends zero-length frames (keepalives) on `client`'s socket every 50 ms from a thread, and

@@ -499,7 +499,7 @@ impl Server {
 
     /// Closes the connections queued in `closing`, logging each with its peer and reason.
     fn close_pending(&mut self, now: Instant) {
-        for (key, reason) in std::mem::take(&mut self.closing) {
+        for (key, reason) in self.closing.drain(..) {
             let Some(mut conn) = self.conns.try_remove(key) else {
                 continue; // already closed for an earlier reason this turn
             };
