@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// Longest a graceful shutdown waits to deliver what is queued.
     pub shutdown_timeout: Duration,
+    /// Event loops, each on a thread of its own; all clients share one order whatever loop
+    /// serves them.
+    pub threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -74,10 +77,14 @@ impl Default for ServerConfig {
             slow_consumer: SlowConsumerPolicy::Disconnect,
             idle_timeout: None,
             shutdown_timeout: Duration::from_secs(5),
+            threads: 1,
         }
     }
 }
 
+/// The most event loops: far more than the cores of any machine this runs on, and few enough
+/// that every loop being woken for every batch stays cheap.
+pub const MAX_THREADS: usize = 256;
 /// The largest `--max-message`: messages are held with 32-bit offsets, and no broadcast
 /// message needs more.
 pub const MAX_MESSAGE_LIMIT: usize = 1 << 30;
@@ -113,6 +120,12 @@ impl ServerConfig {
                     MAX_DURATION.as_secs()
                 ));
             }
+        }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(format!(
+                "--threads {} must be between 1 and {MAX_THREADS}",
+                self.threads
+            ));
         }
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err("--idle-timeout must be above 0 (leave it out to turn it off)".into());

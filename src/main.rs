@@ -63,6 +63,9 @@ struct ServeArgs {
     /// On SIGINT/SIGTERM, longest to spend delivering what is queued.
     #[arg(long, default_value = "5", value_parser = parse_secs, value_name = "SECS")]
     shutdown_timeout: Duration,
+    /// Event loops, one thread each; every client sees the same order whichever loop serves it.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -148,6 +151,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
         idle_timeout: args.idle_timeout,
         shutdown_timeout: args.shutdown_timeout,
+        threads: args.threads,
     };
     let mut server = Server::bind(config)?;
     server.handle_signals()?;

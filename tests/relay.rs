@@ -204,9 +204,26 @@ fn a_thousand_concurrent_clients_all_receive_every_message() {
     for i in 0..10 {
         clients[i * 97].send(format!("message {i}\n").as_bytes());
     }
+    // Ten senders, without waiting for each other: they may be read in any order (with
+    // `--threads 2` they are read by two loops at once), but every receiver sees the same one.
+    let mut first: Option<Vec<u8>> = None;
     for c in &mut clients {
-        for i in 0..10 {
-            c.expect(format!("message {i}\n").as_bytes());
+        let got = c.read_lines(10);
+        match &first {
+            None => {
+                let mut sorted: Vec<&[u8]> = got.split_inclusive(|&b| b == b'\n').collect();
+                sorted.sort();
+                let want: Vec<Vec<u8>> = (0..10)
+                    .map(|i| format!("message {i}\n").into_bytes())
+                    .collect();
+                assert_eq!(sorted, want, "each message exactly once");
+                first = Some(got);
+            }
+            Some(first) => assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(first),
+                "two receivers saw different orders"
+            ),
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct Policy {
     pub slow_consumer: SlowConsumerPolicy,
     /// Shutting down: half-close each receiver once it is sent all.
     pub draining: bool,
+    /// The lowest place in the order at which a connection handed to this loop, not yet
+    /// taken in, joins: the trim keeps the log from there (`u64::MAX` when none waits).
+    pub join_floor: u64,
 }
 
 /// The bookkeeping of one flush round, apart from the writes.
@@ -146,13 +149,16 @@ impl Fanout {
         &self.members
     }
 
-    /// A new connection: it receives what is appended from now on.
-    pub fn join(&mut self, key: usize, conn: &mut Connection) {
-        conn.cursor = Cursor::at(self.log.end_seq());
+    /// A new connection: it receives the messages from `join_at` on (where the order ended
+    /// when it was accepted, which with several loops may be ahead of this log's end, or
+    /// behind it), or from the oldest this log still holds.
+    pub fn join(&mut self, key: usize, conn: &mut Connection, join_at: u64) {
+        let seq = join_at.max(self.log.first_seq());
+        conn.cursor = Cursor::at(seq);
         conn.member_index = self.members.len();
         self.members.push((key, conn.id));
         if let Some(round) = &mut self.round {
-            round.joined(self.log.end_seq());
+            round.joined(seq);
         }
     }
 
@@ -328,7 +334,8 @@ impl Fanout {
         now: Instant,
     ) {
         let Some(round) = &self.round else { return };
-        self.log.trim_before(round.trim_point(self.log.end_seq()));
+        let keep_from = round.trim_point(self.log.end_seq()).min(policy.join_floor);
+        self.log.trim_before(keep_from);
         self.trimmed_held_at = self.log.appended_held();
         if self.log.held() <= policy.max_pending {
             return;

@@ -21,6 +21,17 @@ pub fn mob() -> Command {
     }
 }
 
+/// Event loops for the servers the tests start: `MOB_TEST_THREADS` (CI runs the suite with 1
+/// and with 2), 1 when unset. A test that passes `--threads` itself keeps its own.
+pub fn threads() -> usize {
+    match std::env::var("MOB_TEST_THREADS") {
+        Ok(n) => n
+            .parse()
+            .unwrap_or_else(|_| panic!("MOB_TEST_THREADS={n:?} is not a number")),
+        Err(_) => 1,
+    }
+}
+
 /// `mob` with a hard limit of `n` open descriptors, to run it out of them.
 pub fn mob_with_fd_limit(n: u64) -> Command {
     use std::os::unix::process::CommandExt;
@@ -119,9 +130,11 @@ impl Server {
 
     pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
         raise_fd_limit();
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        if !args.contains(&"--threads") {
+            cmd.args(["--threads", &threads().to_string()]);
+        }
         let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -363,6 +376,16 @@ impl Client {
         }
     }
 
+    /// Waits for the next `n` lines; returns them as received, each with its `\n`.
+    pub fn read_lines(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.extend(self.read_line());
+            out.push(b'\n');
+        }
+        out
+    }
+
     /// Waits for the next frame's payload.
     pub fn read_frame(&mut self) -> Vec<u8> {
         let header = self.read_exact(8);
@@ -517,4 +540,31 @@ pub fn bytes_read(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("rchar:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("rchar in /proc/PID/io")
+}
+
+/// Bytes read (`rchar`) by each thread of process `pid` whose name starts with `prefix`, by
+/// thread name (from /proc/PID/task/*/comm and io).
+pub fn bytes_read_by_threads(pid: i32, prefix: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/PID/task") {
+        let path = task.expect("task entry").path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        let name = name.trim().to_string();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let Ok(io) = std::fs::read_to_string(path.join("io")) else {
+            continue;
+        };
+        let rchar = io
+            .lines()
+            .find_map(|l| l.strip_prefix("rchar:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rchar in /proc/PID/task/TID/io");
+        out.push((name, rchar));
+    }
+    out.sort();
+    out
 }

@@ -100,7 +100,8 @@ fn connections(
             .unwrap();
         let decoder = Decoder::new(Protocol::Line, 1024);
         let conn = entry.insert(Connection::new(socket, peer, id, decoder, Instant::now()));
-        fanout.join(key, conn);
+        let end = fanout.log.end_seq();
+        fanout.join(key, conn, end);
     }
     (conns, clients)
 }
@@ -111,6 +112,7 @@ fn policy() -> Policy {
         max_pending: 1 << 20,
         slow_consumer: SlowConsumerPolicy::Disconnect,
         draining: false,
+        join_floor: u64::MAX,
     }
 }
 

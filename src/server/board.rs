@@ -1,0 +1,209 @@
+//! What the event loops share apart from the order: their wakers, the connections handed from
+//! the acceptor to each loop, the connection counts, and the shutdown flag.
+//!
+//! Loop 0 accepts for every loop (a mio source stays bound to the first `Poll` it is registered
+//! with, so a socket is handed over before it is registered) and gives each new connection to
+//! the loop with the fewest. `--max-connections` is counted here, over all loops. With one loop
+//! the board is still there, touched once per accept and once per close.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use mio::net::TcpStream;
+use mio::Waker;
+
+/// A connection accepted by loop 0 for another loop, not yet registered with any poll.
+#[derive(Debug)]
+pub struct Arrival {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    /// Where in the one order it joins: the messages sequenced from here on are its to receive.
+    pub join_at: u64,
+}
+
+/// One loop's waker, rung at most once until the loop answers (coalesced wakes).
+#[derive(Debug)]
+struct Bell {
+    waker: Waker,
+    pending: AtomicBool,
+}
+
+/// The state the loops share outside the order (see the module documentation).
+#[derive(Debug)]
+pub struct Board {
+    bells: Vec<Bell>,
+    /// Connections handed to each loop and not yet taken.
+    arrivals: Vec<Mutex<Vec<Arrival>>>,
+    /// Per loop, the lowest `join_at` among its arrivals (`u64::MAX` when none): the loop must
+    /// not trim its log past it before it takes them.
+    floors: Vec<AtomicU64>,
+    /// Connections per loop, arrivals included, to balance new ones.
+    loads: Vec<AtomicUsize>,
+    /// Connections open over all loops, against `--max-connections`.
+    open: AtomicUsize,
+    shutdown: AtomicBool,
+    /// Wakes actually sent (a rung bell that was already pending sends none).
+    wakes: AtomicU64,
+}
+
+impl Board {
+    /// A board for one loop per waker.
+    pub fn new(wakers: Vec<Waker>) -> Board {
+        let n = wakers.len();
+        Board {
+            bells: wakers
+                .into_iter()
+                .map(|waker| Bell {
+                    waker,
+                    pending: AtomicBool::new(false),
+                })
+                .collect(),
+            arrivals: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            floors: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            open: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            wakes: AtomicU64::new(0),
+        }
+    }
+
+    /// How many event loops there are.
+    pub fn loops(&self) -> usize {
+        self.bells.len()
+    }
+
+    /// Wakes loop `i` unless a wake is already pending for it. Returns whether it sent one.
+    pub fn ring(&self, i: usize) -> bool {
+        let bell = &self.bells[i];
+        if bell.pending.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+        // A failed wake means that loop is gone already: nothing is left to tell it.
+        let _ = bell.waker.wake();
+        true
+    }
+
+    /// Loop `i` got its wake: later rings wake it again. Call before looking at what the wake
+    /// was for, so nothing rung meanwhile goes unseen.
+    pub fn answer(&self, i: usize) {
+        self.bells[i].pending.store(false, Ordering::SeqCst);
+    }
+
+    /// Wakes actually sent so far.
+    pub fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
+    }
+
+    /// Asks every loop to shut down gracefully.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for i in 0..self.loops() {
+            self.ring(i);
+        }
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Connections open over all loops.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// For a connection just accepted (only the acceptor calls this): the loop to serve it,
+    /// the one with the fewest connections, or `None` when `max` are open already.
+    pub fn admit(&self, max: usize) -> Option<usize> {
+        if self.open.load(Ordering::Relaxed) >= max {
+            return None;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let i = (0..self.loops())
+            .min_by_key(|&i| self.loads[i].load(Ordering::Relaxed))
+            .unwrap_or(0);
+        self.loads[i].fetch_add(1, Ordering::Relaxed);
+        Some(i)
+    }
+
+    /// A connection served by loop `i` was closed (or never taken in).
+    pub fn closed(&self, i: usize) {
+        self.loads[i].fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Hands an accepted connection to loop `i` and wakes it.
+    pub fn hand_over(&self, i: usize, arrival: Arrival) {
+        let mut arrivals = lock(&self.arrivals[i]);
+        self.floors[i].fetch_min(arrival.join_at, Ordering::SeqCst);
+        arrivals.push(arrival);
+        drop(arrivals);
+        self.ring(i);
+    }
+
+    /// Takes the connections handed to loop `i` (into `into`, emptied first).
+    pub fn take_arrivals(&self, i: usize, into: &mut Vec<Arrival>) {
+        into.clear();
+        let mut arrivals = lock(&self.arrivals[i]);
+        std::mem::swap(&mut *arrivals, into);
+        self.floors[i].store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// The lowest place in the order at which a connection handed to loop `i` joins, while it
+    /// waits to be taken in (`u64::MAX` when none waits).
+    pub fn join_floor(&self, i: usize) -> u64 {
+        self.floors[i].load(Ordering::SeqCst)
+    }
+}
+
+/// Locks `m`; a panic elsewhere while it was held leaves plain data behind, still usable.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll, Token};
+    use std::time::Duration;
+
+    fn board(n: usize) -> (Vec<Poll>, Board) {
+        let polls: Vec<Poll> = (0..n).map(|_| Poll::new().unwrap()).collect();
+        let wakers = polls
+            .iter()
+            .map(|p| Waker::new(p.registry(), Token(0)).unwrap())
+            .collect();
+        (polls, Board::new(wakers))
+    }
+
+    #[test]
+    fn a_bell_rings_once_until_answered() {
+        let (mut polls, board) = board(2);
+        assert!(board.ring(1));
+        assert!(
+            !board.ring(1),
+            "a second ring while one is pending sends nothing"
+        );
+        let mut events = Events::with_capacity(4);
+        polls[1]
+            .poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(events.iter().count(), 1);
+        board.answer(1);
+        assert!(board.ring(1));
+        assert_eq!(board.wakes(), 2);
+    }
+
+    #[test]
+    fn connections_go_to_the_least_loaded_loop_within_the_limit() {
+        let (_polls, board) = board(2);
+        assert_eq!(board.admit(3), Some(0));
+        assert_eq!(board.admit(3), Some(1));
+        assert_eq!(board.admit(3), Some(0));
+        assert_eq!(board.admit(3), None, "three open over both loops");
+        board.closed(1);
+        assert_eq!(board.admit(3), Some(1));
+        assert_eq!(board.open(), 3);
+    }
+}

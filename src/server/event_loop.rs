@@ -1,0 +1,643 @@
+//! One event loop: a `mio::Poll`, a slab of connections and its view of the one log.
+//!
+//! Each turn: poll; accept (loop 0 only; connections for other loops are handed over before
+//! they are registered); take in connections handed to this loop; read queued connections,
+//! each read visit's messages going to the sequencer as one batch (bounded per connection and
+//! per round); take a step of the flush round, writing receivers that are behind with vectored
+//! writes (a completed round trims the log and deals with slow consumers); close what needs
+//! closing; check timers (idle clients, paused accepts).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use tracing::{debug, info, warn};
+
+use super::board::{Arrival, Board};
+use super::connection::{Connection, Input, ReadBuffers};
+use super::disconnect::DisconnectReason;
+use super::fanout::{Fanout, Policy};
+use super::listener;
+use super::ratelimit::LogLimit;
+use super::sequencer::Sequencer;
+use super::timer::Timer;
+use super::{CutOff, ServerError, Stats};
+use crate::config::ServerConfig;
+use crate::protocol::Decoder;
+
+/// The listener's token: above any slab key (those stay below `--max-connections`).
+const LISTENER: Token = Token(usize::MAX);
+/// Token of the SIGINT/SIGTERM source.
+const SIGNALS: Token = Token(usize::MAX - 1);
+/// Token of the loop's waker: shutdown, connections handed over, input sequenced elsewhere.
+const WAKER: Token = Token(usize::MAX - 2);
+/// Token of the loop's timer.
+const TIMER: Token = Token(usize::MAX - 3);
+
+/// Bytes one connection may read per visit before the others get their turn.
+const READ_BUDGET: usize = 256 * 1024;
+/// Least input read per flush round, however small `--max-pending` is.
+pub const MIN_ROUND_INPUT: usize = 64 * 1024;
+/// Connections accepted per turn of the loop, so a connect flood cannot starve relaying.
+const ACCEPTS_PER_TURN: usize = 256;
+/// How long accepting pauses after the process ran out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Poll events handled per turn.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// The input one loop may take between two trims of its log, as `--max-pending` counts it:
+/// a quarter of `--max-pending`, and at least [`MIN_ROUND_INPUT`].
+pub fn round_input_budget(config: &ServerConfig) -> usize {
+    (config.max_pending / 4).max(MIN_ROUND_INPUT)
+}
+
+/// One event loop of the server (see the module documentation).
+pub struct EventLoop {
+    /// Which loop this is: loop 0 accepts and handles signals.
+    index: usize,
+    /// The readiness queue everything of this loop is registered with.
+    poll: Poll,
+    /// Loop 0's listener; `None` on the others, and once shutdown has begun (closing it makes
+    /// new connections be refused).
+    listener: Option<TcpListener>,
+    config: Arc<ServerConfig>,
+    /// What the loops share: wakers, connections handed over, counts, the shutdown flag.
+    board: Arc<Board>,
+    /// Open connections, keyed by their token.
+    conns: Slab<Connection>,
+    /// This loop's view of the log, its receivers and its flush rounds.
+    fanout: Fanout,
+    /// Where decoded input gets its place in the one order.
+    sequencer: Sequencer,
+    /// The loop's read buffers: idle connections hold no buffer of their own.
+    bufs: ReadBuffers,
+    /// Connections whose read budget ran out with input perhaps left, as (key, id) so an entry
+    /// outliving its connection is recognised.
+    read_queue: VecDeque<(usize, u64)>,
+    /// Reading waits for a wake: input sequenced here is not yet taken by some other loop.
+    read_stalled: bool,
+    /// Connections to close at the end of the current step, with the reason. Drained before
+    /// anything is accepted, so a key here still names the connection it was pushed for.
+    closing: Vec<(usize, DisconnectReason)>,
+    /// Connections handed to this loop, taken from the board (reused).
+    arrivals: Vec<Arrival>,
+    /// Next connection id; ids are never reused, unlike slab keys, and are unique over all
+    /// loops (loop `i` of `n` hands out `i`, `i + n`, ...), so `--no-echo-self` holds across
+    /// loops.
+    next_id: u64,
+    /// SIGINT/SIGTERM, once [`handle_signals`](Self::handle_signals) was called (loop 0).
+    signals: Option<Signals>,
+    /// Makes the poll return at the earliest deadline, to the microsecond.
+    timer: Timer,
+    /// Set while accepting is paused after running out of descriptors.
+    accept_paused_until: Option<Instant>,
+    /// The accept budget of a turn ran out with connections perhaps still waiting.
+    accept_more: bool,
+    /// Connections accepted in this turn, against [`ACCEPTS_PER_TURN`].
+    accepted_this_turn: usize,
+    /// Rate limits for the lines that clients can cause.
+    log_limit: LogLimit,
+    /// Set once shutdown began: when to give up delivering.
+    shutdown_deadline: Option<Instant>,
+    /// When to next look for idle clients (only with `--idle-timeout`).
+    next_idle_check: Option<Instant>,
+    stats: Stats,
+}
+
+/// The parts of a loop made before the board exists (the board holds every loop's waker).
+pub struct LoopSetup {
+    poll: Poll,
+    timer: Timer,
+}
+
+impl LoopSetup {
+    /// A poll with its timer, and the waker that goes to the board.
+    pub fn new() -> Result<(LoopSetup, Waker), ServerError> {
+        let poll = Poll::new().map_err(ServerError::Setup)?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(ServerError::Setup)?;
+        let timer = Timer::new(poll.registry(), TIMER).map_err(ServerError::Setup)?;
+        Ok((LoopSetup { poll, timer }, waker))
+    }
+}
+
+impl EventLoop {
+    /// Loop `index` of the board's loops; loop 0 gets the listener.
+    pub fn new(
+        index: usize,
+        setup: LoopSetup,
+        listener: Option<TcpListener>,
+        config: Arc<ServerConfig>,
+        board: Arc<Board>,
+        sequencer: Sequencer,
+    ) -> Result<EventLoop, ServerError> {
+        let LoopSetup { poll, timer } = setup;
+        let mut listener = listener;
+        if let Some(listener) = &mut listener {
+            poll.registry()
+                .register(listener, LISTENER, Interest::READABLE)
+                .map_err(ServerError::Setup)?;
+        }
+        let now = Instant::now();
+        let next_idle_check = config.idle_timeout.map(|t| later(now, idle_check_every(t)));
+        Ok(EventLoop {
+            index,
+            poll,
+            listener,
+            config,
+            board,
+            conns: Slab::new(),
+            fanout: Fanout::new(now),
+            sequencer,
+            bufs: ReadBuffers::default(),
+            read_queue: VecDeque::new(),
+            read_stalled: false,
+            closing: Vec::new(),
+            arrivals: Vec::new(),
+            next_id: index as u64,
+            signals: None,
+            timer,
+            accept_paused_until: None,
+            accept_more: false,
+            accepted_this_turn: 0,
+            log_limit: LogLimit::default(),
+            shutdown_deadline: None,
+            next_idle_check,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Makes SIGINT and SIGTERM start a graceful shutdown (of every loop).
+    pub fn handle_signals(&mut self) -> Result<(), ServerError> {
+        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Setup)?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(ServerError::Setup)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Serves until shut down, then delivers what is queued (up to `--shutdown-timeout`).
+    pub fn run(mut self) -> Result<Stats, ServerError> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError::Poll(e));
+            }
+            let now = Instant::now();
+            self.accepted_this_turn = 0;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => self.on_signal(now),
+                    WAKER => self.on_wake(now),
+                    TIMER => self.timer.fired(),
+                    Token(key) => self.on_ready(key, event),
+                }
+            }
+            self.read_queued(now);
+            self.close_pending(now);
+            if self.fanout.in_round() || self.fanout.next_round_at().is_some_and(|at| at <= now) {
+                let policy = self.policy();
+                self.fanout.step(
+                    now,
+                    &mut self.conns,
+                    self.poll.registry(),
+                    policy,
+                    &mut self.log_limit,
+                    &mut self.closing,
+                );
+                self.close_pending(now);
+            }
+            self.housekeeping(now);
+            if self.shutdown_is_done(now) {
+                break;
+            }
+        }
+        self.log_suppressed(Instant::now(), true);
+        // Connections handed over after this loop was done are closed, never served.
+        self.take_arrivals(Instant::now());
+        self.stats.messages = self.fanout.log.end_seq();
+        self.stats.dropped = self.fanout.dropped;
+        Ok(std::mem::take(&mut self.stats))
+    }
+
+    /// Woken by another thread: shutdown, connections handed over, input sequenced by another
+    /// loop, or the backlog that stalled reading has dropped.
+    fn on_wake(&mut self, now: Instant) {
+        self.board.answer(self.index);
+        self.read_stalled = false;
+        if self.board.shutting_down() {
+            self.begin_shutdown(now, "shutdown requested");
+        }
+        self.take_arrivals(now);
+        self.sequencer.catch_up(&mut self.fanout.log);
+    }
+
+    /// Takes in the connections the acceptor handed to this loop (closes them once the loop
+    /// is done).
+    fn take_arrivals(&mut self, now: Instant) {
+        let mut arrivals = std::mem::take(&mut self.arrivals);
+        self.board.take_arrivals(self.index, &mut arrivals);
+        let done = self.shutdown_deadline.is_some() && self.conns.is_empty();
+        for Arrival {
+            socket,
+            peer,
+            join_at,
+        } in arrivals.drain(..)
+        {
+            if done {
+                self.board.closed(self.index);
+                debug!(peer = %peer, "closed: the server is shutting down");
+                continue;
+            }
+            self.admit(socket, peer, join_at, now);
+        }
+        self.arrivals = arrivals;
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            echo_self: self.config.echo_self,
+            max_pending: self.config.max_pending,
+            slow_consumer: self.config.slow_consumer,
+            draining: self.shutdown_deadline.is_some(),
+            join_floor: self.board.join_floor(self.index),
+        }
+    }
+
+    /// How long the next poll may block: not at all while work is left over from this turn;
+    /// else until the earliest deadline, which goes to the timer (`epoll_wait` would round
+    /// it up to whole milliseconds), or for ever when there is none.
+    fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
+        let can_read = !self.read_queue.is_empty() && !self.read_stalled;
+        if can_read || self.fanout.in_round() || self.accept_more {
+            return Some(Duration::ZERO);
+        }
+        let paused = self.listener.is_some().then_some(self.accept_paused_until);
+        let idle_check = self
+            .shutdown_deadline
+            .is_none()
+            .then_some(self.next_idle_check);
+        let next = [
+            idle_check.flatten(),
+            paused.flatten(),
+            self.shutdown_deadline,
+            self.fanout.next_round_at(),
+            self.log_limit.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if next.is_some_and(|at| at <= now) {
+            return Some(Duration::ZERO);
+        }
+        match self.timer.set(next, now) {
+            Ok(()) => None,
+            Err(e) => {
+                warn!("cannot arm the loop's timer ({e}); waiting in whole milliseconds");
+                next.map(|at| at - now)
+            }
+        }
+    }
+
+    /// Accepts until `WouldBlock` (the listener is edge-triggered too), or [`ACCEPTS_PER_TURN`]
+    /// connections this turn, coming back next turn for the rest.
+    fn accept(&mut self, now: Instant) {
+        self.accept_more = false;
+        if self.accept_paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        while self.accepted_this_turn < ACCEPTS_PER_TURN {
+            self.accepted_this_turn += 1;
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (socket, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if listener::is_connection_error(&e) => continue,
+                Err(e) => {
+                    let why = if listener::is_resource_exhaustion(&e) {
+                        "out of file descriptors or memory"
+                    } else {
+                        "unexpected error"
+                    };
+                    if let Some(suppressed) = self.log_limit.allow("accept_failed", now) {
+                        warn!(
+                            suppressed,
+                            "accept failed ({why}): {e}; pausing accepts for {} ms",
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            };
+            let Some(to) = self.board.admit(self.config.max_connections) else {
+                self.stats.rejected += 1;
+                // A flood of connections at the limit gets one line a second, not one each.
+                if let Some(unlogged) = self.log_limit.allow("rejected", now) {
+                    warn!(
+                        peer = %peer,
+                        "rejected: {} connections already open (--max-connections); {} more rejected since the last such line",
+                        self.board.open(),
+                        unlogged
+                    );
+                }
+                continue; // dropping `socket` closes it
+            };
+            // It joins the order here, before any input read after this accept is sequenced,
+            // on whichever loop it is served.
+            let join_at = self.sequencer.end_seq(&self.fanout.log);
+            if to == self.index {
+                self.admit(socket, peer, join_at, now);
+            } else {
+                self.board.hand_over(
+                    to,
+                    Arrival {
+                        socket,
+                        peer,
+                        join_at,
+                    },
+                );
+            }
+        }
+        self.accept_more = true;
+    }
+
+    /// Registers an accepted connection and makes it a receiver of the messages sequenced
+    /// from `join_at` on. (The board counted it already; a failure here uncounts it.)
+    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, join_at: u64, now: Instant) {
+        if let Err(e) = Connection::configure(&socket) {
+            debug!(peer = %peer, "cannot set socket options: {e}");
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, Token(key), Interest::READABLE)
+        {
+            warn!(peer = %peer, "cannot register connection: {e}");
+            self.board.closed(self.index);
+            return;
+        }
+        let decoder = Decoder::new(self.config.protocol, self.config.max_message);
+        let conn = entry.insert(Connection::new(socket, peer, self.next_id, decoder, now));
+        self.fanout.join(key, conn, join_at);
+        self.next_id += self.board.loops() as u64;
+        self.stats.accepted += 1;
+        if self.shutdown_deadline.is_some() {
+            // Accepted just before shutdown began: it is drained like the others.
+            self.fanout.visit_all_soon();
+        }
+        debug!(peer = %peer, event_loop = self.index, "connected");
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        if let Some(sig) = signals.pending().next() {
+            let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+            self.board.request_shutdown();
+            self.begin_shutdown(now, name);
+        }
+    }
+
+    fn on_ready(&mut self, key: usize, event: &Event) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // closed earlier in this batch
+        };
+        if event.is_writable() && conn.blocked {
+            conn.blocked = false;
+            self.fanout.wake(key, conn);
+        }
+        let has_input = event.is_readable() || event.is_read_closed() || event.is_error();
+        if has_input && !conn.queued && conn.eof_at.is_none() {
+            conn.queued = true;
+            self.read_queue.push_back((key, conn.id));
+        }
+    }
+
+    /// Reads queued connections, each up to its budget, until the input taken since the log
+    /// was last trimmed counts `max(--max-pending / 4, 64 KiB)` (as `--max-pending`
+    /// counts it: tiny messages count their bookkeeping too). That bounds how far the log can
+    /// grow past `--max-pending` before the round's trim; connections not reached stay queued,
+    /// in order, for the next turn. Each visit's messages go to the sequencer as one batch.
+    /// With several loops, the input this loop's log took from the others counts too, and
+    /// reading also waits while the batches some loop has not taken yet count as much (the
+    /// loop is woken when they drop below). During shutdown input is read and thrown away.
+    fn read_queued(&mut self, now: Instant) {
+        let budget = round_input_budget(&self.config);
+        let draining = self.shutdown_deadline.is_some();
+        for _ in 0..self.read_queue.len() {
+            let untrimmed = usize::try_from(self.fanout.untrimmed_held()).unwrap_or(usize::MAX);
+            let taken = untrimmed.max(self.sequencer.backlog());
+            if !draining && taken >= budget {
+                if untrimmed < budget && self.sequencer.stall() {
+                    self.read_stalled = true;
+                }
+                break;
+            }
+            let Some((key, id)) = self.read_queue.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+                continue;
+            };
+            let result = if draining {
+                conn.discard(&mut self.bufs.scratch, READ_BUDGET, now)
+            } else {
+                conn.read(&mut self.bufs, READ_BUDGET, budget - taken, now)
+            };
+            // What was read before an error or the end is relayed all the same.
+            let read = self.bufs.batch.len();
+            self.sequencer
+                .sequence(&mut self.bufs.batch, &mut self.fanout.log);
+            self.bufs.shrink(read);
+            match result {
+                Ok(Input::More) => self.read_queue.push_back((key, id)),
+                Ok(Input::Drained) => conn.queued = false,
+                Ok(Input::Eof) => {
+                    conn.queued = false;
+                    // Owed what was sequenced before its end, on any loop.
+                    conn.eof_at = Some(self.sequencer.end_seq(&self.fanout.log));
+                    self.fanout.wake(key, conn);
+                    debug!(peer = %conn.peer, "client closed its sending side");
+                }
+                Err(reason) => {
+                    conn.queued = false;
+                    self.closing.push((key, reason));
+                }
+            }
+        }
+    }
+
+    /// Closes the connections queued in `closing`, logging each with its peer and reason.
+    fn close_pending(&mut self, now: Instant) {
+        for (key, reason) in self.closing.drain(..) {
+            let Some(mut conn) = self.conns.try_remove(key) else {
+                continue; // already closed for an earlier reason this turn
+            };
+            self.fanout.leave(&conn, &mut self.conns);
+            self.board.closed(self.index);
+            // Closing the socket removes it from epoll anyway; a failure here changes nothing.
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+            if reason.aborts() {
+                conn.abort_on_close();
+            } else if matches!(reason, DisconnectReason::Shutdown { .. }) {
+                // Unread input would turn the close into a reset that destroys what the
+                // client has not read yet; read it first. A failure is beside the point now.
+                let _ = conn.discard(&mut self.bufs.scratch, READ_BUDGET, now);
+            }
+            *self.stats.disconnects.entry(reason.kind()).or_default() += 1;
+            let (peer, dropped) = (conn.peer, conn.dropped);
+            // Closed before it is logged: whoever reads the line may rely on it.
+            drop(conn);
+            if reason.is_quiet() {
+                debug!(peer = %peer, dropped, "disconnected: {reason}");
+                continue;
+            }
+            // Clients can cause these by the thousand: one line a second per kind.
+            let Some(suppressed) = self.log_limit.allow(reason.kind(), now) else {
+                continue;
+            };
+            if reason.is_failure() {
+                warn!(peer = %peer, dropped, suppressed, "disconnected: {reason}");
+            } else {
+                info!(peer = %peer, dropped, suppressed, "disconnected: {reason}");
+            }
+        }
+    }
+
+    /// Timers: idle clients (not while shutting down: then the shutdown timeout bounds the
+    /// wait, and a client still being sent its backlog must not be cut off), paused or
+    /// unfinished accepts, counts of log lines not written.
+    fn housekeeping(&mut self, now: Instant) {
+        self.log_suppressed(now, false);
+        if let (Some(timeout), Some(at), None) = (
+            self.config.idle_timeout,
+            self.next_idle_check,
+            self.shutdown_deadline,
+        ) {
+            if now >= at {
+                let log = &self.fanout.log;
+                for &(key, _) in self.fanout.members() {
+                    let Some(conn) = self.conns.get(key) else {
+                        continue;
+                    };
+                    // A client that closed its side and is still being sent its backlog is
+                    // not idle: it has nothing more to send.
+                    let owed_after_eof = conn.eof_at.is_some() && conn.cursor.is_behind(log);
+                    if !owed_after_eof && now.saturating_duration_since(conn.last_input) >= timeout
+                    {
+                        self.closing.push((key, DisconnectReason::Idle(timeout)));
+                    }
+                }
+                self.close_pending(now);
+                self.next_idle_check = Some(later(now, idle_check_every(timeout)));
+            }
+        }
+        if self.accept_more || self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept(now);
+        }
+    }
+
+    /// Says how many lines of each kind were not written since the last one (all of them at
+    /// exit): a burst's count must not wait for a later line of its kind that may never come.
+    fn log_suppressed(&mut self, now: Instant, all: bool) {
+        for (kind, count) in self.log_limit.overdue(now, all) {
+            info!("{count} more lines of this kind were not logged one by one: {kind}");
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant, why: &str) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        // Close the listener before saying so: whoever reads the log line may rely on it.
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        // Nothing is accepted any more: no pause to wait out.
+        self.accept_paused_until = None;
+        self.accept_more = false;
+        if self.index == 0 {
+            info!(
+                "shutting down ({why}): refusing new connections, delivering queued messages for up to {}s",
+                self.config.shutdown_timeout.as_secs_f64()
+            );
+        }
+        // The shutdown flag is set: nothing is sequenced any more, and this takes in all that
+        // was, so this loop's log now ends where the order ends.
+        self.sequencer.catch_up(&mut self.fanout.log);
+        // Everyone is visited once more: those sent all are half-closed at once.
+        self.fanout.visit_all_soon();
+        self.shutdown_deadline = Some(later(now, self.config.shutdown_timeout));
+    }
+
+    /// During shutdown: done once every client has been sent all it was owed and has closed
+    /// its side after our end of stream, or when the deadline passes (those left are then
+    /// closed with a log line saying whether they were still owed anything).
+    fn shutdown_is_done(&mut self, now: Instant) -> bool {
+        let Some(deadline) = self.shutdown_deadline else {
+            return false;
+        };
+        if self.conns.is_empty() {
+            return true;
+        }
+        if now < deadline {
+            return false;
+        }
+        let log = &self.fanout.log;
+        let echo_self = self.config.echo_self;
+        let (mut owed_peers, mut unclosed) = (Vec::new(), 0);
+        for &(key, _) in self.fanout.members() {
+            if let Some(conn) = self.conns.get(key) {
+                let owed = conn.owes(log, echo_self);
+                if owed {
+                    owed_peers.push(conn.peer);
+                } else {
+                    unclosed += 1;
+                }
+                self.closing
+                    .push((key, DisconnectReason::Shutdown { owed }));
+            }
+        }
+        // The server writes one line for all loops once they are done (see `Server::run`).
+        self.close_pending(now);
+        self.stats.cut_off = Some(CutOff {
+            owed: owed_peers,
+            unclosed,
+        });
+        true
+    }
+}
+
+/// `now + after`, or a century from now when that overflows (a library caller may ask for
+/// `Duration::MAX`).
+fn later(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// How often to look for idle clients: often enough that one is closed within a quarter of the
+/// timeout after it expires, and at most once every 10 ms.
+fn idle_check_every(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}

@@ -1,0 +1,159 @@
+//! `--threads`: several event loops, one order. The rest of the suite runs with any number of
+//! loops (`MOB_TEST_THREADS=2`); these tests always use two and check what only several loops
+//! can get wrong. Connections are given to the loop with the fewest, so clients connecting one
+//! after another alternate between the two loops.
+
+mod util;
+
+use std::thread;
+
+use util::{Client, Server};
+
+const PUBLISHERS: usize = 4;
+const RECEIVERS: usize = 4;
+/// Lines per publisher and round: enough for the loops to sequence batches at the same time
+/// (a build that appended a loop's own batch before the others' it had not taken yet failed
+/// 2 rounds in 5).
+const LINES: usize = 50_000;
+const ROUNDS: usize = 5;
+
+/// Publishers on both loops send at once, in writes of varying size (so every loop sequences
+/// many batches while the other does too); every client, on either loop, must receive the
+/// same sequence, with each publisher's lines in the order sent and none lost.
+#[test]
+fn clients_on_both_loops_see_one_order() {
+    let server = Server::start(&["--threads", "2"]);
+    let mut receivers: Vec<Client> = (0..RECEIVERS).map(|_| server.connect()).collect();
+    let mut publishers: Vec<Client> = (0..PUBLISHERS).map(|_| server.connect()).collect();
+    publishers.last_mut().unwrap().send(b"ready\n");
+    for c in receivers.iter_mut().chain(publishers.iter_mut()) {
+        c.expect(b"ready\n");
+    }
+    for _ in 0..ROUNDS {
+        (receivers, publishers) = publish_concurrently(receivers, publishers);
+    }
+    // Both loops read client input: the clients really were spread over them.
+    let loops = util::bytes_read_by_threads(server.pid(), "mob");
+    assert_eq!(loops.len(), 2, "two event loop threads: {loops:?}");
+    for (name, read) in &loops {
+        assert!(
+            *read > 20_000,
+            "thread {name} read only {read} bytes: it served no publisher ({loops:?})"
+        );
+    }
+}
+
+/// One round: every publisher sends [`LINES`] at once while every client reads; checks that
+/// all received the same sequence, each publisher's lines in order, none lost.
+fn publish_concurrently(
+    receivers: Vec<Client>,
+    publishers: Vec<Client>,
+) -> (Vec<Client>, Vec<Client>) {
+    let total = PUBLISHERS * LINES;
+    let readers: Vec<_> = receivers
+        .into_iter()
+        .map(|mut c| {
+            thread::spawn(move || {
+                let got = c.read_lines(total);
+                (c, got)
+            })
+        })
+        .collect();
+    let writers: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut c)| {
+            thread::spawn(move || {
+                let mut i = 0;
+                while i < LINES {
+                    let n = (1 + (i * 7 + p * 13) % 37).min(LINES - i);
+                    let chunk: String = (i..i + n).map(|k| format!("p{p}:{k}\n")).collect();
+                    c.send(chunk.as_bytes());
+                    i += n;
+                }
+                // Publishers receive everything too (their own lines included).
+                let got = c.read_lines(total);
+                (c, got)
+            })
+        })
+        .collect();
+    let readers: Vec<(Client, Vec<u8>)> = readers
+        .into_iter()
+        .map(|h| h.join().expect("a receiver failed"))
+        .collect();
+    let writers: Vec<(Client, Vec<u8>)> = writers
+        .into_iter()
+        .map(|h| h.join().expect("a publisher failed"))
+        .collect();
+    let got: Vec<&Vec<u8>> = readers.iter().chain(&writers).map(|(_, g)| g).collect();
+    for (i, seq) in got.iter().enumerate() {
+        assert!(
+            *seq == got[0],
+            "client {i} received another order than client 0"
+        );
+    }
+    let mut next = [0usize; PUBLISHERS];
+    for line in got[0].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let line = std::str::from_utf8(line).unwrap();
+        let (p, k) = line[1..].split_once(':').unwrap();
+        let (p, k): (usize, usize) = (p.parse().unwrap(), k.parse().unwrap());
+        assert_eq!(
+            k, next[p],
+            "publisher {p}: line {k} out of order (or one lost)"
+        );
+        next[p] += 1;
+    }
+    assert_eq!(next, [LINES; PUBLISHERS]);
+    (
+        readers.into_iter().map(|(c, _)| c).collect(),
+        writers.into_iter().map(|(c, _)| c).collect(),
+    )
+}
+
+/// A client joins the order when it is accepted, whichever loop then serves it: a message sent
+/// by a client that connected after it is never missed, even when the newcomer is still being
+/// handed to its loop while the other loop already reads that message.
+#[test]
+fn a_client_receives_what_is_sent_after_it_connected_whatever_its_loop() {
+    let server = Server::start(&["--threads", "2"]);
+    for i in 0..200 {
+        // Two or three early clients, then the sender, connecting one after another: they
+        // alternate between the loops, so the sender is on either loop and early clients are
+        // on both (those on the sender's loop admitted at once, the others handed over).
+        let mut early: Vec<Client> = (0..2 + i % 2).map(|_| server.connect()).collect();
+        let mut sender = server.connect();
+        let line = format!("round {i}\n");
+        sender.send(line.as_bytes());
+        for c in early.iter_mut().chain([&mut sender]) {
+            c.expect(line.as_bytes());
+        }
+    }
+}
+
+/// `--max-connections` counts the connections of every loop, and a close on either loop frees
+/// a place.
+#[test]
+fn max_connections_counts_every_loop() {
+    let server = Server::start(&["--threads", "2", "--max-connections", "3"]);
+    let mut ok: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    ok[2].send(b"ready\n");
+    for c in &mut ok {
+        c.expect(b"ready\n");
+    }
+    let mut extra = server.connect();
+    assert!(
+        extra.read_to_close().is_empty(),
+        "a fourth connection was served"
+    );
+    // ok[1] is on the second loop: closing it frees a place for a new client. (Reset, so the
+    // server logs it and the test knows when it was closed.)
+    let gone = ok.remove(1);
+    let peer = gone.local_addr().to_string();
+    gone.reset();
+    server.log.wait_for(&[&peer, "disconnected"]);
+    let mut again = server.connect();
+    again.send(b"in again\n");
+    for c in ok.iter_mut().chain([&mut again]) {
+        c.expect(b"in again\n");
+    }
+}
