@@ -9,6 +9,9 @@ W6 first opens 10,000 connections from this script, waits until the server holds
 closes them and waits until the server has closed them too; only then does the bench start. It
 shows whether a server still pays in every round for a spike of connections that is gone.
 
+mob-line-t2 and mob-frame-t2 run `--threads 2` on CPUs 0 and 1 (the load generator stays on
+CPU 1, so they share it: each run also reports the load generator's own CPU use).
+
 --baseline PATH adds base-line and base-frame: an older mob binary started exactly like mob-line
 and mob-frame (the bench client is always target/release/mob), run in the same rounds.
 """
@@ -40,10 +43,11 @@ SPIKES = {"W6": 10_000}  # workload: connections opened and closed before its be
 SKIP = {("ncat", "W6"): "skipped: ncat --broker holds about 1,000 connections (select)"}
 
 
-def mob_serve(binary, protocol):
+def mob_serve(binary, protocol, threads=None):
     """The command that starts `binary serve` for a port, the same for the new and the old mob."""
+    extra = ["--threads", str(threads)] if threads else []
     return lambda p: [binary, "serve", "--listen", f"127.0.0.1:{p}", "--protocol", protocol,
-                      "--no-echo-self", "--max-connections", "20000"]
+                      "--no-echo-self", "--max-connections", "20000"] + extra
 
 
 # name: (command for a port, bench target)
@@ -54,7 +58,10 @@ SERVERS = {
     "nats": (lambda p: ["nats-server", "-a", "127.0.0.1", "-p", str(p)], "nats"),
     "mob-line": (mob_serve(MOB, "line"), "mob-line"),
     "mob-frame": (mob_serve(MOB, "frame"), "mob-frame"),
+    "mob-line-t2": (mob_serve(MOB, "line", 2), "mob-line"),
+    "mob-frame-t2": (mob_serve(MOB, "frame", 2), "mob-frame"),
 }
+SERVER_CPUS = {"mob-line-t2": "0,1", "mob-frame-t2": "0,1"}  # default: SERVER_CPU
 PEERS = ["ncat", "redis", "nats"]
 MOBS = ["mob-line", "mob-frame"]
 BASES = {"base-line": "mob-line", "base-frame": "mob-frame"}  # --baseline's binary, started like these
@@ -180,7 +187,7 @@ def run_one(server, workload, args):
     cmd_for, target = SERVERS[server]
     port = free_port()
     log = open(f"target/compare-{server}-{workload}.log", "w")
-    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd_for(port),
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPUS.get(server, SERVER_CPU)] + cmd_for(port),
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     result = {"server": server, "workload": workload}
     try:
@@ -190,12 +197,17 @@ def run_one(server, workload, args):
             spike(proc.pid, port, SPIKES[workload])
             result["spike_s"] = time.monotonic() - s0
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         bench = subprocess.run(
             ["taskset", "-c", BENCH_CPU, MOB, "bench", f"127.0.0.1:{port}", "--target", target,
              "--duration", str(args.duration), "--warmup", str(args.warmup), "--json"]
             + WORKLOADS[workload][1],
             capture_output=True, text=True, timeout=args.duration + args.warmup + 180)
         cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The bench is the only child waited for meanwhile (the server is still running).
+        bench_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+        result["bench_cpu_pct"] = 100 * bench_cpu / (t1 - t0)
         result["server_cpu_s"] = cpu1 - cpu0
         result["server_cpu_pct"] = 100 * (cpu1 - cpu0) / (t1 - t0)
         result["peak_rss_mib"] = peak_rss_mib(proc.pid)
@@ -233,7 +245,7 @@ def summarize(runs):
         ok = [r for r in rs if "error" not in r and "skipped" not in r]
         row = {"runs": len(rs), "errors": [r["error"] for r in rs if "error" in r],
                "skipped": next((r["skipped"] for r in rs if "skipped" in r), None)}
-        for k in ["delivered_per_s", "delivered_mb_per_s", "server_cpu_pct", "cpu_s_per_m", "peak_rss_mib",
+        for k in ["delivered_per_s", "delivered_mb_per_s", "server_cpu_pct", "cpu_s_per_m", "peak_rss_mib", "bench_cpu_pct",
                   "lost", "duplicated", "out_of_order", "corrupt", "disconnects"]:
             row[k] = median(ok, k)
         for p in ["p50", "p99", "p999", "max"]:
@@ -247,18 +259,18 @@ def fmt(v, spec, unit=""):
 
 
 def markdown(table, servers, workloads):
-    lines = ["| workload | server | delivered msg/s | MB/s | p50 ms | p99 ms | p99.9 ms | server CPU | CPU-s / M deliveries | peak RSS MiB | lost / dup / reordered / corrupt / disconnects |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| workload | server | delivered msg/s | MB/s | p50 ms | p99 ms | p99.9 ms | server CPU | CPU-s / M deliveries | peak RSS MiB | load generator CPU | lost / dup / reordered / corrupt / disconnects |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for w in workloads:
         for s in servers:
             row = table.get((s, w))
             if row is None:
                 continue
             if row["skipped"]:
-                lines.append(f"| {w} | {s} | {row['skipped']} | | | | | | | | |")
+                lines.append(f"| {w} | {s} | {row['skipped']} | | | | | | | | | |")
                 continue
             if row["delivered_per_s"] is None:
-                lines.append(f"| {w} | {s} | failed: {'; '.join(row['errors'])[:80]} | | | | | | | | |")
+                lines.append(f"| {w} | {s} | failed: {'; '.join(row['errors'])[:80]} | | | | | | | | | |")
                 continue
             ms = lambda us: None if us is None else us / 1000
             integrity = " / ".join(fmt(row[k], ".0f") for k in ["lost", "duplicated", "out_of_order", "corrupt", "disconnects"])
@@ -266,7 +278,7 @@ def markdown(table, servers, workloads):
                 f"| {w} | {s} | {fmt(row['delivered_per_s'], ',.0f')} | {fmt(row['delivered_mb_per_s'], ',.1f')} "
                 f"| {fmt(ms(row['p50']), '.3f')} | {fmt(ms(row['p99']), '.3f')} | {fmt(ms(row['p999']), '.3f')} "
                 f"| {fmt(row['server_cpu_pct'], '.0f', '%')} | {fmt(row['cpu_s_per_m'], '.3f')} "
-                f"| {fmt(row['peak_rss_mib'], '.1f')} | {integrity} |")
+                f"| {fmt(row['peak_rss_mib'], '.1f')} | {fmt(row['bench_cpu_pct'], '.0f', '%')} | {integrity} |")
     return "\n".join(lines)
 
 

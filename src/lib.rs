@@ -1,15 +1,18 @@
 //! mob: a multi-echo server. Every message any connected client sends is relayed to every
-//! connected client, in one total order, over plain TCP, on a single [mio] event loop.
+//! connected client, in one total order, over plain TCP, on [mio] event loops (one per
+//! `--threads`, one by default) that share that order through a sequencer.
 //!
 //! # Layout
 //!
 //! - [`config`]: [`ServerConfig`] with its documented defaults, and size parsing (`8MiB`).
 //! - [`protocol`]: the wire formats (`raw`, `line`, `frame`) as pure code with no I/O: a
 //!   per-connection [`protocol::Decoder`] finds messages in a buffer, in their wire form.
-//! - [`server`]: the event loop. [`Server`] owns the listener and a slab of connections; each
-//!   connection's [`server::Inbox`] turns its input into [`server::Entry`]s, which a sequencer
-//!   appends to one shared, ordered [`server::Log`]; each receiver is a [`server::Cursor`] into
-//!   that log, written with vectored writes in flush rounds (`server/fanout.rs`).
+//! - [`server`]: the event loops. [`Server`] owns them; loop 0 holds the listener and hands
+//!   connections to the others (`server/board.rs`). Each loop has a slab of connections; each
+//!   connection's [`server::Inbox`] turns its input into [`server::Entry`]s, which the
+//!   [`server::Sequencer`] gives their place in the one order and appends to every loop's
+//!   [`server::Log`]; each receiver is a [`server::Cursor`] into its loop's log, written with
+//!   vectored writes in flush rounds (`server/fanout.rs`).
 //! - [`chat`]: the interactive client behind `mob chat`.
 //! - [`bench`]: the load generator and checker behind `mob bench` (mob, Redis and NATS).
 //! - `sys.rs`: the two system calls made by hand (`read(2)` into spare capacity, the

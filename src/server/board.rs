@@ -22,6 +22,14 @@ pub struct Arrival {
     pub join_at: u64,
 }
 
+/// The connections waiting for one loop.
+#[derive(Debug, Default)]
+struct Arrivals {
+    waiting: Vec<Arrival>,
+    /// The loop has stopped: a connection handed to it now is closed at once.
+    closed: bool,
+}
+
 /// One loop's waker, rung at most once until the loop answers (coalesced wakes).
 #[derive(Debug)]
 struct Bell {
@@ -34,7 +42,7 @@ struct Bell {
 pub struct Board {
     bells: Vec<Bell>,
     /// Connections handed to each loop and not yet taken.
-    arrivals: Vec<Mutex<Vec<Arrival>>>,
+    arrivals: Vec<Mutex<Arrivals>>,
     /// Per loop, the lowest `join_at` among its arrivals (`u64::MAX` when none): the loop must
     /// not trim its log past it before it takes them.
     floors: Vec<AtomicU64>,
@@ -59,7 +67,7 @@ impl Board {
                     pending: AtomicBool::new(false),
                 })
                 .collect(),
-            arrivals: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            arrivals: (0..n).map(|_| Mutex::new(Arrivals::default())).collect(),
             floors: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
             loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             open: AtomicUsize::new(0),
@@ -133,21 +141,42 @@ impl Board {
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Hands an accepted connection to loop `i` and wakes it.
-    pub fn hand_over(&self, i: usize, arrival: Arrival) {
+    /// Hands an accepted connection to loop `i` and wakes it. Returns it if that loop has
+    /// stopped already (shutting down): the caller closes it.
+    pub fn hand_over(&self, i: usize, arrival: Arrival) -> Option<Arrival> {
         let mut arrivals = lock(&self.arrivals[i]);
+        if arrivals.closed {
+            drop(arrivals);
+            self.closed(i);
+            return Some(arrival);
+        }
         self.floors[i].fetch_min(arrival.join_at, Ordering::SeqCst);
-        arrivals.push(arrival);
+        arrivals.waiting.push(arrival);
         drop(arrivals);
         self.ring(i);
+        None
     }
 
     /// Takes the connections handed to loop `i` (into `into`, emptied first).
     pub fn take_arrivals(&self, i: usize, into: &mut Vec<Arrival>) {
         into.clear();
         let mut arrivals = lock(&self.arrivals[i]);
-        std::mem::swap(&mut *arrivals, into);
+        std::mem::swap(&mut arrivals.waiting, into);
         self.floors[i].store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Loop `i` has stopped: returns what was handed to it meanwhile (to be closed), and
+    /// makes later hand-overs return theirs.
+    pub fn stopped(&self, i: usize) -> Vec<Arrival> {
+        let mut arrivals = lock(&self.arrivals[i]);
+        arrivals.closed = true;
+        let left = std::mem::take(&mut arrivals.waiting);
+        self.floors[i].store(u64::MAX, Ordering::SeqCst);
+        drop(arrivals);
+        for _ in &left {
+            self.closed(i);
+        }
+        left
     }
 
     /// The lowest place in the order at which a connection handed to loop `i` joins, while it

@@ -11,7 +11,7 @@ use socket2::{SockRef, TcpKeepalive};
 use super::cursor::{Cursor, Flushed};
 use super::disconnect::DisconnectReason;
 use super::inbox::{self, Inbox};
-use super::log::Entry;
+use super::log::{self, Entry, Log};
 use crate::protocol::Decoder;
 use crate::sys;
 
@@ -42,7 +42,7 @@ pub enum Input {
 /// The loop's buffers for reading, shared by all its connections so an idle connection holds
 /// none of its own. Bounded by one round's input; [`shrink`](Self::shrink) gives back what a
 /// burst grew.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReadBuffers {
     /// Input is read here and messages are cut off it without a copy.
     pub scratch: BytesMut,
@@ -50,9 +50,26 @@ pub struct ReadBuffers {
     spans: Vec<(usize, usize)>,
     /// Messages read since the batch was last handed to the sequencer, in order.
     pub batch: Vec<Entry>,
+    /// What each message counts beyond its bytes ([`Log::held_for`] of the loop's log).
+    overhead: usize,
 }
 
 impl ReadBuffers {
+    /// Buffers for a loop whose log counts messages as `log` does.
+    pub fn new(log: &Log) -> Self {
+        ReadBuffers {
+            scratch: BytesMut::new(),
+            spans: Vec::new(),
+            batch: Vec::new(),
+            overhead: log.held_for(0),
+        }
+    }
+
+    /// What a message of `len` bytes counts against `--max-pending` ([`Log::held_for`]).
+    fn held_for(&self, len: usize) -> usize {
+        log::counted(len, self.overhead)
+    }
+
     /// After a batch of `used` messages was handed over: lets go of room that an earlier burst
     /// of tiny messages grew and that is now far more than used.
     pub fn shrink(&mut self, used: usize) {
@@ -192,7 +209,7 @@ impl Connection {
                 known => known,
             };
             let most = ((held_budget - held) as u128 * shortest as u128
-                / Entry::held_for(shortest) as u128)
+                / bufs.held_for(shortest) as u128)
                 .min(usize::MAX as u128) as usize;
             let most = most
                 .max(READ_FLOOR)
@@ -221,7 +238,7 @@ impl Connection {
                         prefixed,
                     );
                     for entry in &bufs.batch[before..] {
-                        held += entry.held();
+                        held += bufs.held_for(entry.len());
                         *seen = (*seen).min(entry.len().max(1));
                     }
                     absorbed?;

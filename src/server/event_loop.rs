@@ -147,6 +147,8 @@ impl EventLoop {
         }
         let now = Instant::now();
         let next_idle_check = config.idle_timeout.map(|t| later(now, idle_check_every(t)));
+        let fanout = Fanout::new(now, board.loops());
+        let bufs = ReadBuffers::new(&fanout.log);
         Ok(EventLoop {
             index,
             poll,
@@ -154,9 +156,9 @@ impl EventLoop {
             config,
             board,
             conns: Slab::new(),
-            fanout: Fanout::new(now),
+            fanout,
             sequencer,
-            bufs: ReadBuffers::default(),
+            bufs,
             read_queue: VecDeque::new(),
             read_stalled: false,
             closing: Vec::new(),
@@ -228,7 +230,9 @@ impl EventLoop {
         }
         self.log_suppressed(Instant::now(), true);
         // Connections handed over after this loop was done are closed, never served.
-        self.take_arrivals(Instant::now());
+        for late in self.board.stopped(self.index) {
+            debug!(peer = %late.peer, "closed: the server is shutting down");
+        }
         self.stats.messages = self.fanout.log.end_seq();
         self.stats.dropped = self.fanout.dropped;
         Ok(std::mem::take(&mut self.stats))
@@ -246,23 +250,16 @@ impl EventLoop {
         self.sequencer.catch_up(&mut self.fanout.log);
     }
 
-    /// Takes in the connections the acceptor handed to this loop (closes them once the loop
-    /// is done).
+    /// Takes in the connections the acceptor handed to this loop.
     fn take_arrivals(&mut self, now: Instant) {
         let mut arrivals = std::mem::take(&mut self.arrivals);
         self.board.take_arrivals(self.index, &mut arrivals);
-        let done = self.shutdown_deadline.is_some() && self.conns.is_empty();
         for Arrival {
             socket,
             peer,
             join_at,
         } in arrivals.drain(..)
         {
-            if done {
-                self.board.closed(self.index);
-                debug!(peer = %peer, "closed: the server is shutting down");
-                continue;
-            }
             self.admit(socket, peer, join_at, now);
         }
         self.arrivals = arrivals;
@@ -365,15 +362,16 @@ impl EventLoop {
             let join_at = self.sequencer.end_seq(&self.fanout.log);
             if to == self.index {
                 self.admit(socket, peer, join_at, now);
-            } else {
-                self.board.hand_over(
-                    to,
-                    Arrival {
-                        socket,
-                        peer,
-                        join_at,
-                    },
-                );
+                continue;
+            }
+            let arrival = Arrival {
+                socket,
+                peer,
+                join_at,
+            };
+            if let Some(late) = self.board.hand_over(to, arrival) {
+                // That loop has stopped: the server is shutting down.
+                debug!(peer = %late.peer, "closed: the server is shutting down");
             }
         }
         self.accept_more = true;

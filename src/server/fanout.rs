@@ -129,9 +129,10 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    pub fn new(now: Instant) -> Self {
+    /// The fan-out of one of `loops` event loops.
+    pub fn new(now: Instant, loops: usize) -> Self {
         Fanout {
-            log: Log::new(),
+            log: Log::for_loops(loops),
             members: Vec::new(),
             woken: Vec::new(),
             round: None,
@@ -159,6 +160,11 @@ impl Fanout {
         self.members.push((key, conn.id));
         if let Some(round) = &mut self.round {
             round.joined(seq);
+        }
+        if conn.cursor.is_behind(&self.log) {
+            // Owed what this log took in before it: the round under way will not visit it
+            // and no new input may follow to start a full one.
+            self.wake(key, conn);
         }
     }
 

@@ -8,11 +8,24 @@ use std::mem::size_of;
 
 use bytes::Bytes;
 
-/// What one entry costs beyond its message bytes, counted against `--max-pending` so that a
-/// flood of tiny messages is bounded like a few large ones: the entry itself, as much again
-/// for the ring's room to grow (it doubles), and the allocator's least chunk for a message
-/// that has a buffer of its own (one completed over several reads).
-pub const ENTRY_OVERHEAD: usize = 2 * size_of::<Entry>() + 32;
+/// What one entry costs beyond its message bytes with one event loop, counted against
+/// `--max-pending` so that a flood of tiny messages is bounded like a few large ones: the entry
+/// itself, as much again for the ring's room to grow (it doubles), and the allocator's least
+/// chunk for a message that has a buffer of its own (one completed over several reads).
+pub const ENTRY_OVERHEAD: usize = entry_overhead(1);
+
+/// What one entry costs beyond its message bytes with `loops` event loops: every loop's log
+/// holds its own entry (and room to grow) for each message, so that `--max-pending` bounds the
+/// whole server, not each loop.
+pub const fn entry_overhead(loops: usize) -> usize {
+    loops * 2 * size_of::<Entry>() + 32
+}
+
+/// What a message of `len` bytes counts against `--max-pending` when each entry costs
+/// `overhead` more (see [`Log::held_for`]).
+pub fn counted(len: usize, overhead: usize) -> usize {
+    len + len / 4 + overhead
+}
 
 /// The ring gives memory back once it is this large and at most a quarter full.
 const SHRINK_ABOVE: usize = 1024;
@@ -95,22 +108,10 @@ impl Entry {
     pub fn range(&self) -> std::ops::Range<usize> {
         self.start as usize..self.start as usize + self.len as usize
     }
-
-    /// Bytes this entry counts against `--max-pending`: its length, a quarter more for the
-    /// parts of its block no message uses (the room left when a fresh block was started, and
-    /// up to a sixteenth between messages; see `Inbox`), and [`ENTRY_OVERHEAD`].
-    pub fn held(&self) -> usize {
-        Entry::held_for(self.len())
-    }
-
-    /// What a message of `len` bytes counts against `--max-pending`.
-    pub fn held_for(len: usize) -> usize {
-        len + len / 4 + ENTRY_OVERHEAD
-    }
 }
 
 /// A window of the message sequence: entries `first_seq .. end_seq`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Log {
     /// The held messages, oldest first.
     entries: VecDeque<Entry>,
@@ -122,11 +123,39 @@ pub struct Log {
     appended: u64,
     /// Bytes ever appended as `--max-pending` counts them, to bound the input of one round.
     appended_held: u64,
+    /// What each entry counts beyond its bytes: [`entry_overhead`] of the server's loops.
+    overhead: usize,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log::for_loops(1)
+    }
 }
 
 impl Log {
     pub fn new() -> Self {
         Log::default()
+    }
+
+    /// A log of one of `loops` event loops (each holds an entry for every message).
+    pub fn for_loops(loops: usize) -> Self {
+        Log {
+            entries: VecDeque::new(),
+            first_seq: 0,
+            held: 0,
+            appended: 0,
+            appended_held: 0,
+            overhead: entry_overhead(loops),
+        }
+    }
+
+    /// What a message of `len` bytes counts against `--max-pending`: its length, a quarter
+    /// more for the parts of its block no message uses (the room left when a fresh block was
+    /// started, and up to a sixteenth between messages; see `Inbox`), and the bookkeeping
+    /// ([`entry_overhead`]).
+    pub fn held_for(&self, len: usize) -> usize {
+        counted(len, self.overhead)
     }
 
     /// Sequence number of the oldest message still held.
@@ -156,9 +185,10 @@ impl Log {
 
     /// Appends one message at the end of the order.
     pub fn push(&mut self, entry: Entry) {
-        self.held += entry.held();
+        let held = self.held_for(entry.len());
+        self.held += held;
         self.appended += entry.len() as u64;
-        self.appended_held += entry.held() as u64;
+        self.appended_held += held as u64;
         self.entries.push_back(entry);
     }
 
@@ -202,7 +232,7 @@ impl Log {
     fn pop_front(&mut self) -> bool {
         match self.entries.pop_front() {
             Some(e) => {
-                self.held -= e.held();
+                self.held -= self.held_for(e.len());
                 self.first_seq += 1;
                 // A burst of tiny messages grew the ring; once it has drained, give the memory
                 // back so what the log uses stays within what it counts.

@@ -179,7 +179,7 @@ impl Member {
         let me = *me;
         // Built before the lock is taken: the lock covers only the bookkeeping.
         let entries: Arc<[Entry]> = Arc::from(batch.as_slice());
-        let held = entries.iter().map(Entry::held).sum();
+        let held = entries.iter().map(|e| log.held_for(e.len())).sum();
         let mut state = lock(&order.state);
         state.take(me, taken);
         // Input read after shutdown began is not relayed (as with one loop): the cut is the

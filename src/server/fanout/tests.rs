@@ -31,7 +31,7 @@ fn a_receiver_that_joins_during_a_round_keeps_what_it_needs() {
 #[test]
 fn joining_during_a_round_is_counted_by_the_fanout() {
     let t0 = Instant::now();
-    let mut fanout = Fanout::new(t0);
+    let mut fanout = Fanout::new(t0, 1);
     fanout.log.append(Bytes::from_static(b"a\n"), 1);
     fanout.round = Some(Round::new(Vec::new(), true, t0));
     // What `join` does to the round, without a socket.
@@ -50,7 +50,7 @@ fn joining_during_a_round_is_counted_by_the_fanout() {
 #[test]
 fn small_rounds_wait_for_more_input_but_not_longer_than_the_ceiling() {
     let t0 = Instant::now();
-    let mut fanout = Fanout::new(t0);
+    let mut fanout = Fanout::new(t0, 1);
     assert_eq!(fanout.next_round_at(), None, "nothing new: no round");
     fanout.last_round = (t0, Duration::from_micros(10));
     fanout.log.append(Bytes::from_static(b"a\n"), 1);
@@ -69,20 +69,31 @@ fn small_rounds_wait_for_more_input_but_not_longer_than_the_ceiling() {
 #[test]
 fn woken_receivers_or_a_requested_full_round_are_due_at_once() {
     let t0 = Instant::now();
-    let mut fanout = Fanout::new(t0);
+    let mut fanout = Fanout::new(t0, 1);
     fanout.last_round = (t0, Duration::from_secs(1));
     fanout.visit_all_soon();
     assert_eq!(fanout.next_round_at(), Some(t0));
-    let mut fanout = Fanout::new(t0);
+    let mut fanout = Fanout::new(t0, 1);
     fanout.woken.push((3, 9));
     assert_eq!(fanout.next_round_at(), Some(t0));
 }
 
-/// Accepted loopback connections as the server holds them, joined to `fanout`.
+/// Accepted loopback connections as the server holds them, joined to `fanout` at its end.
 fn connections(
     fanout: &mut Fanout,
     poll: &mio::Poll,
     ids: std::ops::Range<u64>,
+) -> (Slab<Connection>, Vec<std::net::TcpStream>) {
+    let end = fanout.log.end_seq();
+    connections_joining_at(fanout, poll, ids, end)
+}
+
+/// The same, joined at `join_at` (where the order ended when they were accepted).
+fn connections_joining_at(
+    fanout: &mut Fanout,
+    poll: &mio::Poll,
+    ids: std::ops::Range<u64>,
+    join_at: u64,
 ) -> (Slab<Connection>, Vec<std::net::TcpStream>) {
     use crate::protocol::{Decoder, Protocol};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -100,8 +111,7 @@ fn connections(
             .unwrap();
         let decoder = Decoder::new(Protocol::Line, 1024);
         let conn = entry.insert(Connection::new(socket, peer, id, decoder, Instant::now()));
-        let end = fanout.log.end_seq();
-        fanout.join(key, conn, end);
+        fanout.join(key, conn, join_at);
     }
     (conns, clients)
 }
@@ -123,7 +133,7 @@ fn policy() -> Policy {
 fn a_receiver_joining_a_round_whose_receivers_all_left_keeps_its_messages() {
     let poll = mio::Poll::new().unwrap();
     let t0 = Instant::now();
-    let mut fanout = Fanout::new(t0);
+    let mut fanout = Fanout::new(t0, 1);
     let (mut conns, _clients) = connections(&mut fanout, &poll, 0..1);
     fanout.log.append(Bytes::from_static(b"before\n"), 9);
     let mut limit = LogLimit::default();
@@ -156,4 +166,54 @@ fn a_receiver_joining_a_round_whose_receivers_all_left_keeps_its_messages() {
         newcomer.cursor.next_seq()
     );
     assert!(closing.is_empty());
+}
+
+/// With several loops a connection joins where the order ended when it was accepted, which its
+/// loop's log may have passed by the time it is taken in (the trim keeps those messages for it:
+/// `join_floor`). It must be sent them without waiting for new input, which may never come.
+#[test]
+fn a_newcomer_joining_behind_the_log_end_is_visited_without_new_input() {
+    let poll = mio::Poll::new().unwrap();
+    let t0 = Instant::now();
+    let mut fanout = Fanout::new(t0, 2);
+    let mut limit = LogLimit::default();
+    let mut closing = Vec::new();
+    fanout.log.append(Bytes::from_static(b"sync\n"), 9);
+    let waiting = Policy {
+        join_floor: 0,
+        ..policy()
+    };
+    // A full round over no one: the trim keeps the message for the connection waiting to join.
+    let mut conns = Slab::new();
+    fanout.step(
+        t0,
+        &mut conns,
+        poll.registry(),
+        waiting,
+        &mut limit,
+        &mut closing,
+    );
+    assert!(!fanout.in_round());
+    assert_eq!(fanout.log.first_seq(), 0, "the join floor kept the message");
+    let (mut conns, mut clients) = connections_joining_at(&mut fanout, &poll, 0..1, 0);
+    assert!(
+        fanout.next_round_at().is_some(),
+        "a newcomer owed a message is left waiting for input that may never come"
+    );
+    fanout.step(
+        t0,
+        &mut conns,
+        poll.registry(),
+        policy(),
+        &mut limit,
+        &mut closing,
+    );
+    assert!(closing.is_empty());
+    assert_eq!(conns[0].cursor.next_seq(), 1);
+    let mut got = [0u8; 5];
+    clients[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    std::io::Read::read_exact(&mut clients[0], &mut got).unwrap();
+    assert_eq!(&got, b"sync\n");
 }

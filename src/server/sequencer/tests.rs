@@ -16,7 +16,9 @@ fn loops(n: usize, read_budget: usize) -> (Vec<Poll>, Arc<Board>, Vec<(Sequencer
         .collect();
     let board = Arc::new(Board::new(wakers));
     let order = Order::new(Arc::clone(&board), read_budget);
-    let members = (0..n).map(|i| (order.member(i), Log::new())).collect();
+    let members = (0..n)
+        .map(|i| (order.member(i), Log::for_loops(n)))
+        .collect();
     (polls, board, members)
 }
 
@@ -92,7 +94,7 @@ fn wakes_are_coalesced_until_answered() {
 
 #[test]
 fn the_backlog_stalls_readers_until_the_slowest_loop_takes_it() {
-    let held = Entry::held_for(3);
+    let held = Log::for_loops(2).held_for(3);
     let (_polls, board, mut m) = loops(2, 2 * held);
     let (sa, la) = &mut m[0];
     sa.sequence(&mut batch(0, 0, 1), la);
