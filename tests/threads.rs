@@ -5,8 +5,11 @@
 
 mod util;
 
+use std::io::{ErrorKind, Read};
 use std::thread;
+use std::time::Instant;
 
+use mio::{Events, Interest, Poll, Token};
 use util::{Client, Server};
 
 const PUBLISHERS: usize = 4;
@@ -194,4 +197,114 @@ fn max_connections_counts_every_loop() {
     for c in ok.iter_mut().chain([&mut again]) {
         c.expect(b"in again\n");
     }
+}
+
+/// A loop in a long flush round (a thousand receivers: four steps of writes) takes input from
+/// another loop every turn but trims its log once a round; reading must wait for that trim, as
+/// it waits for its own loop's with one loop. Otherwise a round collects many rounds' worth of
+/// input and its trim to `--max-pending` overtakes receivers that were caught up when it
+/// began: a build that stopped waiting once the busy loop had *taken* the input cut exactly
+/// 256 healthy receivers here (and under `--slow-consumer drop` made them skip messages).
+#[test]
+fn receivers_on_a_busy_loop_are_not_cut_by_a_publisher_on_another() {
+    const RECEIVERS: usize = 1_000;
+    let server = Server::start(&[
+        "--threads",
+        "2",
+        "--max-pending",
+        "128KiB",
+        "--no-echo-self",
+    ]);
+    // Connections alternate between the loops: keep those of the second loop, and end the
+    // others (waiting until the server has closed them, so the counts are exact).
+    let mut all: Vec<Client> = (0..2 * RECEIVERS).map(|_| server.connect()).collect();
+    let mut receivers = Vec::with_capacity(RECEIVERS);
+    let mut leaving = Vec::with_capacity(RECEIVERS);
+    for (i, c) in all.drain(..).enumerate() {
+        if i % 2 == 1 {
+            receivers.push(c);
+        } else {
+            c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+            leaving.push(c);
+        }
+    }
+    for mut c in leaving {
+        c.read_to_close();
+    }
+    // The loop with the fewest connections: the first, alone with the publisher.
+    let mut publisher = server.connect();
+    publisher.send(b"ready\n");
+    for c in &mut receivers {
+        c.expect(b"ready\n");
+    }
+    let line = [b"x".repeat(99), b"\n".to_vec()].concat();
+    let lines = (1 << 20) / line.len();
+    let flood = thread::spawn(move || {
+        let chunk = line.repeat(650);
+        for _ in 0..lines / 650 {
+            publisher.send(&chunk);
+        }
+        publisher
+    });
+    let total = lines / 650 * 650 * 100;
+    // One thread reads all receivers as they become readable.
+    let mut poll = Poll::new().unwrap();
+    let mut streams: Vec<mio::net::TcpStream> = receivers
+        .into_iter()
+        .map(|c| {
+            c.stream.set_nonblocking(true).unwrap();
+            mio::net::TcpStream::from_std(c.stream)
+        })
+        .collect();
+    for (i, s) in streams.iter_mut().enumerate() {
+        poll.registry()
+            .register(s, Token(i), Interest::READABLE)
+            .unwrap();
+    }
+    let mut got = vec![0usize; RECEIVERS];
+    let (mut done, mut cut) = (0, 0);
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 1 << 20];
+    let deadline = Instant::now() + util::DEADLINE;
+    while done + cut < RECEIVERS {
+        assert!(
+            Instant::now() < deadline,
+            "{done} done, {cut} cut at the deadline"
+        );
+        poll.poll(&mut events, Some(util::DEADLINE)).unwrap();
+        for event in &events {
+            let i = event.token().0;
+            if got[i] == usize::MAX {
+                continue;
+            }
+            loop {
+                match streams[i].read(&mut buf) {
+                    Ok(0) => {
+                        cut += 1;
+                        got[i] = usize::MAX;
+                        break;
+                    }
+                    Ok(n) => {
+                        got[i] += n;
+                        if got[i] == total {
+                            done += 1;
+                            got[i] = usize::MAX;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        cut += 1;
+                        got[i] = usize::MAX;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    drop(flood.join().unwrap());
+    assert_eq!(
+        cut, 0,
+        "{cut} healthy receivers were cut off ({done} got everything)"
+    );
 }

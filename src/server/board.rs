@@ -141,17 +141,30 @@ impl Board {
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Hands an accepted connection to loop `i` and wakes it. Returns it if that loop has
-    /// stopped already (shutting down): the caller closes it.
-    pub fn hand_over(&self, i: usize, arrival: Arrival) -> Option<Arrival> {
+    /// Hands an accepted connection to loop `i` and wakes it. `join_point` gives its place in
+    /// the order and lowers the loop's floor to it (see `Sequencer::join_point`); it is called
+    /// with the loop's arrivals locked, so the loop cannot take the connection (and reset the
+    /// floor) in between. Returns the socket if that loop has stopped already (shutting
+    /// down): the caller closes it.
+    pub fn hand_over(
+        &self,
+        i: usize,
+        socket: TcpStream,
+        peer: SocketAddr,
+        join_point: impl FnOnce(&AtomicU64) -> u64,
+    ) -> Option<TcpStream> {
         let mut arrivals = lock(&self.arrivals[i]);
         if arrivals.closed {
             drop(arrivals);
             self.closed(i);
-            return Some(arrival);
+            return Some(socket);
         }
-        self.floors[i].fetch_min(arrival.join_at, Ordering::SeqCst);
-        arrivals.waiting.push(arrival);
+        let join_at = join_point(&self.floors[i]);
+        arrivals.waiting.push(Arrival {
+            socket,
+            peer,
+            join_at,
+        });
         drop(arrivals);
         self.ring(i);
         None
@@ -222,6 +235,30 @@ mod tests {
         board.answer(1);
         assert!(board.ring(1));
         assert_eq!(board.wakes(), 2);
+    }
+
+    #[test]
+    fn a_connection_handed_to_a_stopped_loop_comes_back_to_be_closed() {
+        let (_polls, board) = board(2);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let socket = || {
+            let _client = std::net::TcpStream::connect(addr).unwrap();
+            TcpStream::from_std(listener.accept().unwrap().0)
+        };
+        let floor =
+            |join_at| move |f: &AtomicU64| f.fetch_min(join_at, Ordering::SeqCst).min(join_at);
+        assert_eq!(board.admit(10), Some(0));
+        assert_eq!(board.admit(10), Some(1));
+        assert!(board.hand_over(1, socket(), addr, floor(7)).is_none());
+        assert_eq!(board.join_floor(1), 7, "the loop keeps its log from 7 on");
+        let left = board.stopped(1);
+        assert_eq!(left.len(), 1, "what waited is given back to be closed");
+        assert_eq!(left[0].join_at, 7);
+        assert_eq!(board.join_floor(1), u64::MAX);
+        assert_eq!(board.admit(10), Some(1));
+        assert!(board.hand_over(1, socket(), addr, floor(9)).is_some());
+        assert_eq!(board.open(), 1, "both closed connections uncounted");
     }
 
     #[test]

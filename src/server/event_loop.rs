@@ -82,8 +82,10 @@ pub struct EventLoop {
     /// Connections whose read budget ran out with input perhaps left, as (key, id) so an entry
     /// outliving its connection is recognised.
     read_queue: VecDeque<(usize, u64)>,
-    /// Reading waits for a wake: input sequenced here is not yet taken by some other loop.
+    /// Reading waits for a wake: another loop has not yet trimmed a round's worth of input.
     read_stalled: bool,
+    /// The last trim told to the sequencer ([`Fanout::trimmed_at`]).
+    reported_trim: u64,
     /// Connections to close at the end of the current step, with the reason. Drained before
     /// anything is accepted, so a key here still names the connection it was pushed for.
     closing: Vec<(usize, DisconnectReason)>,
@@ -161,6 +163,7 @@ impl EventLoop {
             bufs,
             read_queue: VecDeque::new(),
             read_stalled: false,
+            reported_trim: 0,
             closing: Vec::new(),
             arrivals: Vec::new(),
             next_id: index as u64,
@@ -222,6 +225,10 @@ impl EventLoop {
                     &mut self.closing,
                 );
                 self.close_pending(now);
+                if self.fanout.trimmed_at() != self.reported_trim {
+                    self.reported_trim = self.fanout.trimmed_at();
+                    self.sequencer.trimmed(self.reported_trim);
+                }
             }
             self.housekeeping(now);
             if self.shutdown_is_done(now) {
@@ -243,10 +250,11 @@ impl EventLoop {
     fn on_wake(&mut self, now: Instant) {
         self.board.answer(self.index);
         self.read_stalled = false;
+        // Connections accepted before shutdown began are served (drained) like the others.
+        self.take_arrivals(now);
         if self.board.shutting_down() {
             self.begin_shutdown(now, "shutdown requested");
         }
-        self.take_arrivals(now);
         self.sequencer.catch_up(&mut self.fanout.log);
     }
 
@@ -359,19 +367,18 @@ impl EventLoop {
             };
             // It joins the order here, before any input read after this accept is sequenced,
             // on whichever loop it is served.
-            let join_at = self.sequencer.end_seq(&self.fanout.log);
             if to == self.index {
+                let join_at = self.sequencer.join_point(&self.fanout.log, None);
                 self.admit(socket, peer, join_at, now);
                 continue;
             }
-            let arrival = Arrival {
-                socket,
-                peer,
-                join_at,
-            };
-            if let Some(late) = self.board.hand_over(to, arrival) {
-                // That loop has stopped: the server is shutting down.
-                debug!(peer = %late.peer, "closed: the server is shutting down");
+            let (sequencer, log) = (&self.sequencer, &self.fanout.log);
+            let handed = self.board.hand_over(to, socket, peer, |floor| {
+                sequencer.join_point(log, Some(floor))
+            });
+            if handed.is_some() {
+                // That loop has stopped: the server is shutting down. Dropping it closes it.
+                debug!(peer = %peer, "closed: the server is shutting down");
             }
         }
         self.accept_more = true;
@@ -437,15 +444,16 @@ impl EventLoop {
     /// counts it: tiny messages count their bookkeeping too). That bounds how far the log can
     /// grow past `--max-pending` before the round's trim; connections not reached stay queued,
     /// in order, for the next turn. Each visit's messages go to the sequencer as one batch.
-    /// With several loops, the input this loop's log took from the others counts too, and
-    /// reading also waits while the batches some loop has not taken yet count as much (the
-    /// loop is woken when they drop below). During shutdown input is read and thrown away.
+    /// With several loops the input counts from the last trim of the loop that trimmed least
+    /// (the sequencer's pressure): one loop in a long round holds every loop's reading back,
+    /// as its own round does with one loop. A loop held back by another waits to be woken by
+    /// that loop's trim. During shutdown input is read and thrown away.
     fn read_queued(&mut self, now: Instant) {
         let budget = round_input_budget(&self.config);
         let draining = self.shutdown_deadline.is_some();
         for _ in 0..self.read_queue.len() {
             let untrimmed = usize::try_from(self.fanout.untrimmed_held()).unwrap_or(usize::MAX);
-            let taken = untrimmed.max(self.sequencer.backlog());
+            let taken = untrimmed.max(self.sequencer.pressure());
             if !draining && taken >= budget {
                 if untrimmed < budget && self.sequencer.stall() {
                     self.read_stalled = true;
@@ -474,7 +482,7 @@ impl EventLoop {
                 Ok(Input::Eof) => {
                     conn.queued = false;
                     // Owed what was sequenced before its end, on any loop.
-                    conn.eof_at = Some(self.sequencer.end_seq(&self.fanout.log));
+                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
                     self.fanout.wake(key, conn);
                     debug!(peer = %conn.peer, "client closed its sending side");
                 }

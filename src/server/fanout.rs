@@ -203,6 +203,11 @@ impl Fanout {
         self.log.appended_held() - self.trimmed_held_at
     }
 
+    /// [`Log::appended_held`] when the log was last trimmed.
+    pub fn trimmed_at(&self) -> u64 {
+        self.trimmed_held_at
+    }
+
     pub fn in_round(&self) -> bool {
         self.round.is_some()
     }
@@ -346,7 +351,10 @@ impl Fanout {
         if self.log.held() <= policy.max_pending {
             return;
         }
-        self.log.trim_to(policy.max_pending);
+        // Not past where a connection handed to this loop joins: it is taken in this turn or
+        // the next, so the log passes --max-pending for that long at most.
+        self.log
+            .trim_to_keeping(policy.max_pending, policy.join_floor);
         for &(key, id) in &self.members {
             let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {
                 continue;

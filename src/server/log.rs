@@ -222,7 +222,12 @@ impl Log {
     /// Forgets the oldest messages until at most `max_bytes` are held. Receivers whose cursor
     /// was among them have fallen behind: they are slow consumers.
     pub fn trim_to(&mut self, max_bytes: usize) {
-        while self.held > max_bytes {
+        self.trim_to_keeping(max_bytes, u64::MAX);
+    }
+
+    /// [`trim_to`](Self::trim_to), but never past `keep_from`.
+    pub fn trim_to_keeping(&mut self, max_bytes: usize, keep_from: u64) {
+        while self.held > max_bytes && self.first_seq < keep_from {
             if !self.pop_front() {
                 break;
             }

@@ -155,11 +155,19 @@ impl Server {
     pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         match sys::raise_open_files_limit() {
-            Ok(limit) if (limit as usize) < config.max_connections.saturating_add(32) => warn!(
-                "open-files limit is {limit}: fewer than --max-connections {} can be served \
+            // Each loop holds three descriptors of its own (epoll, waker, timer).
+            Ok(limit)
+                if (limit as usize)
+                    < config
+                        .max_connections
+                        .saturating_add(32 + 3 * config.threads) =>
+            {
+                warn!(
+                    "open-files limit is {limit}: fewer than --max-connections {} can be served \
                  (raise the hard limit with ulimit -Hn)",
-                config.max_connections
-            ),
+                    config.max_connections
+                )
+            }
             Ok(limit) => debug!("open-files limit {limit}"),
             Err(e) => warn!("cannot raise the open-files limit: {e}"),
         }

@@ -2,11 +2,12 @@
 //!
 //! Each event loop holds a [`Sequencer`] and its own view of the log. The interface is small:
 //! [`sequence`](Sequencer::sequence) hands over one read visit's batch (never one call per
-//! message), [`catch_up`](Sequencer::catch_up) brings the loop's log up to date with what
-//! others sequenced, [`end_seq`](Sequencer::end_seq) says where the order ends (where a new
-//! client joins) and [`backlog`](Sequencer::backlog) how much sequenced input some loop has not
-//! taken yet. After either call the loop's log holds a prefix of the one order, the same prefix
-//! for every loop, and each sender's messages in the order it sent them.
+//! message); [`catch_up`](Sequencer::catch_up) brings the loop's log up to date with what
+//! others sequenced; [`join_point`](Sequencer::join_point) says where the order ends (where a
+//! new client joins); [`trimmed`](Sequencer::trimmed) reports a trim of the loop's log, and
+//! [`pressure`](Sequencer::pressure) says how much input is held because some loop has not
+//! trimmed it yet. After `sequence` or `catch_up` the loop's log holds a prefix of the one
+//! order, the same prefix for every loop, with each sender's messages in the order it sent them.
 //!
 //! - [`Sequencer::Alone`], with one loop: sequencing is appending to the loop's log, a plain
 //!   call with no lock and no atomics.
@@ -16,6 +17,11 @@
 //!   then appended to the loop's own log outside the lock (each loop's log holds its own clone
 //!   of each entry: a reference to the shared bytes, never a copy of them). Every other loop is
 //!   woken with its `mio::Waker`, at most once until it answers.
+//!
+//! Reading is bounded as with one loop: a loop stops reading while the input sequenced since
+//! the *slowest* loop's last trim counts a round's budget (one loop in a long flush round holds
+//! everyone's reading back, as one loop's round holds its own), and is woken when that loop's
+//! trim takes it below.
 //!
 //! A Redis backplane is a third implementation of the same seam: `sequence` publishes, and
 //! what comes back from Redis is what `catch_up` appends.
@@ -57,26 +63,50 @@ impl Sequencer {
         }
     }
 
-    /// Where the order ends now: a client joining now is sent what is sequenced from here on.
-    /// With several loops this may be ahead of `log`, which catches up when woken.
-    pub fn end_seq(&self, log: &Log) -> u64 {
+    /// Where the order ends now: a client accepted now is sent what is sequenced from here on.
+    /// With several loops this may be ahead of `log`, which catches up when woken. `floor`, if
+    /// given, is lowered to the point, atomically with reading it: the loop the client is
+    /// handed to must keep its log from there until it has taken the client in.
+    pub fn join_point(&self, log: &Log, floor: Option<&AtomicU64>) -> u64 {
         match self {
-            Sequencer::Alone => log.end_seq(),
-            Sequencer::Shared(member) => member.order.end.load(Ordering::SeqCst),
+            Sequencer::Alone => {
+                let end = log.end_seq();
+                if let Some(floor) = floor {
+                    floor.fetch_min(end, Ordering::SeqCst);
+                }
+                end
+            }
+            Sequencer::Shared(member) => {
+                // Under the lock, so no loop takes a batch past this point before the floor
+                // is lowered: its trim after taking it sees the floor.
+                let state = lock(&member.order.state);
+                if let Some(floor) = floor {
+                    floor.fetch_min(state.end, Ordering::SeqCst);
+                }
+                state.end
+            }
         }
     }
 
-    /// Bytes (as `--max-pending` counts them) of sequenced batches that some loop has not
-    /// taken into its log yet.
-    pub fn backlog(&self) -> usize {
+    /// This loop's log was trimmed; `trimmed_held` is its [`Log::appended_held`] then: the
+    /// input it no longer holds back.
+    pub fn trimmed(&mut self, trimmed_held: u64) {
+        if let Sequencer::Shared(member) = self {
+            member.trimmed(trimmed_held);
+        }
+    }
+
+    /// Input (as `--max-pending` counts it) sequenced since the slowest loop last trimmed its
+    /// log; 0 with one loop, whose reading counts its own log's input.
+    pub fn pressure(&self) -> usize {
         match self {
             Sequencer::Alone => 0,
-            Sequencer::Shared(member) => member.order.backlog.load(Ordering::Relaxed),
+            Sequencer::Shared(member) => member.order.pressure.load(Ordering::SeqCst),
         }
     }
 
-    /// The backlog is at or over the read budget: returns whether this loop should stop
-    /// reading until it is woken (it will be, once the backlog has dropped below).
+    /// The pressure is at or over the read budget: returns whether this loop should stop
+    /// reading until it is woken (it will be, once a trim has taken the pressure below).
     pub fn stall(&self) -> bool {
         match self {
             Sequencer::Alone => false,
@@ -85,23 +115,13 @@ impl Sequencer {
     }
 }
 
-/// One sequenced batch, kept until every loop has taken it.
-#[derive(Debug)]
-struct Posted {
-    entries: Arc<[Entry]>,
-    /// What the batch counts against `--max-pending`.
-    held: usize,
-}
-
 /// The order several loops share: the batches not yet taken by every loop.
 #[derive(Debug)]
 pub struct Order {
     state: Mutex<OrderState>,
-    /// Messages sequenced so far: the sequence number the next one gets.
-    end: AtomicU64,
-    /// [`OrderState::backlog`], readable without the lock.
-    backlog: AtomicUsize,
-    /// Above this backlog, loops stop reading until the slowest loop has caught up.
+    /// [`OrderState::pressure`], readable without the lock.
+    pressure: AtomicUsize,
+    /// At this pressure, loops stop reading until the slowest loop has trimmed its log.
     read_budget: usize,
     board: Arc<Board>,
     /// Batches sequenced, for the benchmark's wakes per batch.
@@ -111,21 +131,46 @@ pub struct Order {
 #[derive(Debug)]
 struct OrderState {
     /// Batches some loop has not taken yet; `posted[0]` is batch number `first`.
-    posted: VecDeque<Posted>,
+    posted: VecDeque<Arc<[Entry]>>,
     first: u64,
     /// Per loop: the number of the next batch it takes; `u64::MAX` once it has left.
     next: Vec<u64>,
-    /// Held bytes of `posted`.
-    backlog: usize,
-    /// Loops waiting for the backlog to drop below the read budget.
-    stalled: Vec<bool>,
     /// Messages sequenced so far.
     end: u64,
+    /// Input ever sequenced, as `--max-pending` counts it.
+    sequenced_held: u64,
+    /// Per loop: `sequenced_held` up to where its last trim reached; `u64::MAX` once it left.
+    trimmed_at: Vec<u64>,
+    /// Loops waiting for the pressure to drop below the read budget.
+    stalled: Vec<bool>,
+}
+
+impl OrderState {
+    /// Input sequenced since the slowest loop's last trim.
+    fn pressure(&self) -> usize {
+        let slowest = self.trimmed_at.iter().copied().min().unwrap_or(u64::MAX);
+        usize::try_from(self.sequenced_held.saturating_sub(slowest)).unwrap_or(usize::MAX)
+    }
+
+    /// Moves the batches loop `me` has not taken into `taken` (cheap: reference counts).
+    fn take(&mut self, me: usize, taken: &mut Vec<Arc<[Entry]>>) {
+        let skip = usize::try_from(self.next[me] - self.first).unwrap_or(usize::MAX);
+        taken.extend(self.posted.iter().skip(skip).map(Arc::clone));
+        self.next[me] = self.first + self.posted.len() as u64;
+    }
+
+    /// Forgets the batches every loop has taken.
+    fn release(&mut self) {
+        let oldest = self.next.iter().copied().min().unwrap_or(u64::MAX);
+        while self.first < oldest && self.posted.pop_front().is_some() {
+            self.first += 1;
+        }
+    }
 }
 
 impl Order {
-    /// An order for the board's loops; a loop whose input would take the backlog past
-    /// `read_budget` waits for the others to take it first.
+    /// An order for the board's loops; a loop stops reading while the input some loop has not
+    /// trimmed yet counts `read_budget`.
     pub fn new(board: Arc<Board>, read_budget: usize) -> Arc<Order> {
         let n = board.loops();
         Arc::new(Order {
@@ -133,12 +178,12 @@ impl Order {
                 posted: VecDeque::new(),
                 first: 0,
                 next: vec![0; n],
-                backlog: 0,
-                stalled: vec![false; n],
                 end: 0,
+                sequenced_held: 0,
+                trimmed_at: vec![0; n],
+                stalled: vec![false; n],
             }),
-            end: AtomicU64::new(0),
-            backlog: AtomicUsize::new(0),
+            pressure: AtomicUsize::new(0),
             read_budget,
             board,
             batches: AtomicU64::new(0),
@@ -158,10 +203,25 @@ impl Order {
     pub fn batches(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
     }
+
+    /// Publishes the pressure; returns the stalled loops to wake if it is below the budget.
+    fn relieve(&self, state: &mut OrderState) -> Vec<usize> {
+        let pressure = state.pressure();
+        self.pressure.store(pressure, Ordering::SeqCst);
+        let mut wake = Vec::new();
+        if pressure < self.read_budget {
+            for (i, stalled) in state.stalled.iter_mut().enumerate() {
+                if std::mem::take(stalled) {
+                    wake.push(i);
+                }
+            }
+        }
+        wake
+    }
 }
 
 /// One loop's handle on a shared [`Order`]; leaves it when dropped (the loop ended or
-/// panicked), so batches are no longer kept for it.
+/// panicked), so batches are no longer kept, nor reading held back, for it.
 #[derive(Debug)]
 pub struct Member {
     order: Arc<Order>,
@@ -179,23 +239,22 @@ impl Member {
         let me = *me;
         // Built before the lock is taken: the lock covers only the bookkeeping.
         let entries: Arc<[Entry]> = Arc::from(batch.as_slice());
-        let held = entries.iter().map(|e| log.held_for(e.len())).sum();
+        let held: u64 = entries.iter().map(|e| log.held_for(e.len()) as u64).sum();
         let mut state = lock(&order.state);
         state.take(me, taken);
         // Input read after shutdown began is not relayed (as with one loop): the cut is the
         // moment the flag was set, and every loop that saw it finds all sequenced before.
         let posted = !order.board.shutting_down();
         if posted {
-            state.posted.push_back(Posted { entries, held });
-            state.backlog += held;
+            state.posted.push_back(entries);
             state.end += batch.len() as u64;
+            state.sequenced_held += held;
             state.next[me] += 1;
-            order.end.store(state.end, Ordering::SeqCst);
             order.batches.fetch_add(1, Ordering::Relaxed);
         }
-        // What this loop was the last to take is forgotten; its own batch stays for the
-        // others, every one of which is woken below (stalled or not).
-        order.release(&mut state);
+        state.release();
+        // Only higher: nobody to wake.
+        order.pressure.store(state.pressure(), Ordering::SeqCst);
         drop(state);
         append(taken, log);
         if posted {
@@ -214,59 +273,26 @@ impl Member {
         let Member { order, me, taken } = self;
         let mut state = lock(&order.state);
         state.take(*me, taken);
-        let wake = order.release(&mut state);
+        state.release();
         drop(state);
         append(taken, log);
+    }
+
+    fn trimmed(&mut self, trimmed_held: u64) {
+        let mut state = lock(&self.order.state);
+        state.trimmed_at[self.me] = trimmed_held;
+        let wake = self.order.relieve(&mut state);
+        drop(state);
         for i in wake {
-            order.board.ring(i);
+            self.order.board.ring(i);
         }
     }
 
     fn stall(&self) -> bool {
         let mut state = lock(&self.order.state);
-        let stall = state.backlog >= self.order.read_budget;
+        let stall = state.pressure() >= self.order.read_budget;
         state.stalled[self.me] = stall;
         stall
-    }
-}
-
-impl OrderState {
-    /// Moves the batches loop `me` has not taken into `taken` (cheap: reference counts).
-    fn take(&mut self, me: usize, taken: &mut Vec<Arc<[Entry]>>) {
-        let skip = usize::try_from(self.next[me] - self.first).unwrap_or(usize::MAX);
-        taken.extend(
-            self.posted
-                .iter()
-                .skip(skip)
-                .map(|p| Arc::clone(&p.entries)),
-        );
-        self.next[me] = self.first + self.posted.len() as u64;
-    }
-}
-
-impl Order {
-    /// Forgets the batches every loop has taken; returns the loops to wake because the backlog
-    /// dropped below the read budget while they waited for that.
-    fn release(&self, state: &mut OrderState) -> Vec<usize> {
-        let oldest = state.next.iter().copied().min().unwrap_or(u64::MAX);
-        while state.first < oldest {
-            let Some(p) = state.posted.pop_front() else {
-                break;
-            };
-            state.backlog -= p.held;
-            state.first += 1;
-        }
-        self.backlog.store(state.backlog, Ordering::Relaxed);
-        if state.backlog >= self.read_budget {
-            return Vec::new();
-        }
-        let mut wake = Vec::new();
-        for (i, stalled) in state.stalled.iter_mut().enumerate() {
-            if std::mem::take(stalled) {
-                wake.push(i);
-            }
-        }
-        wake
     }
 }
 
@@ -283,7 +309,10 @@ impl Drop for Member {
     fn drop(&mut self) {
         let mut state = lock(&self.order.state);
         state.next[self.me] = u64::MAX;
-        let wake = self.order.release(&mut state);
+        state.trimmed_at[self.me] = u64::MAX;
+        state.stalled[self.me] = false;
+        state.release();
+        let wake = self.order.relieve(&mut state);
         drop(state);
         for i in wake {
             self.order.board.ring(i);

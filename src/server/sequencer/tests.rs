@@ -1,6 +1,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use mio::{Events, Poll, Token, Waker};
 use proptest::prelude::*;
@@ -43,8 +45,8 @@ fn alone_is_a_plain_append() {
     s.sequence(&mut b, &mut log);
     assert!(b.is_empty());
     assert_eq!(contents(&log), ["0:0", "0:1", "0:2"]);
-    assert_eq!(s.end_seq(&log), 3);
-    assert_eq!(s.backlog(), 0);
+    assert_eq!(s.join_point(&log, None), 3);
+    assert_eq!(s.pressure(), 0);
     assert!(!s.stall());
 }
 
@@ -60,10 +62,19 @@ fn a_batch_comes_after_what_others_sequenced_before_it() {
         ["0:0", "0:1", "1:0"],
         "b takes a's batch first"
     );
-    assert_eq!(sa.end_seq(la), 3, "the order's end, ahead of a's log");
+    let floor = AtomicU64::new(u64::MAX);
+    assert_eq!(
+        sa.join_point(la, Some(&floor)),
+        3,
+        "the order's end, ahead of a's log"
+    );
+    assert_eq!(
+        floor.load(Ordering::SeqCst),
+        3,
+        "the floor is lowered to the join point"
+    );
     sa.catch_up(la);
     assert_eq!(contents(la), contents(lb));
-    assert_eq!(sa.backlog(), 0, "both loops took everything");
     assert_eq!(board.wakes(), 2, "one wake per batch for the other loop");
 }
 
@@ -92,23 +103,44 @@ fn wakes_are_coalesced_until_answered() {
     assert_eq!(board.wakes(), 2);
 }
 
+/// Reading is held back by the loop that has trimmed least, not by the one that has taken
+/// least: a loop in a long flush round takes input every turn but trims once a round.
 #[test]
-fn the_backlog_stalls_readers_until_the_slowest_loop_takes_it() {
-    let held = Log::for_loops(2).held_for(3);
-    let (_polls, board, mut m) = loops(2, 2 * held);
+fn the_pressure_stalls_readers_until_the_slowest_loop_trims() {
+    let held = Log::for_loops(2).held_for(3) as u64;
+    let (_polls, board, mut m) = loops(2, 2 * held as usize);
     let (sa, la) = &mut m[0];
     sa.sequence(&mut batch(0, 0, 1), la);
     assert!(!sa.stall(), "one message is below the budget of two");
     sa.sequence(&mut batch(0, 1, 1), la);
-    assert_eq!(sa.backlog(), 2 * held);
+    assert_eq!(sa.pressure() as u64, 2 * held);
     assert!(sa.stall());
-    let before = board.wakes();
+    sa.trimmed(la.appended_held());
+    assert_eq!(
+        sa.pressure() as u64,
+        2 * held,
+        "b holds it all: not trimmed yet"
+    );
     board.answer(0);
     board.answer(1);
+    let before = board.wakes();
     let (sb, lb) = &mut m[1];
     sb.catch_up(lb);
-    assert_eq!(sb.backlog(), 0);
+    assert_eq!(sb.pressure() as u64, 2 * held, "taking is not trimming");
+    assert_eq!(
+        board.wakes(),
+        before,
+        "nobody is woken by b taking the input"
+    );
+    sb.trimmed(held);
+    assert_eq!(
+        sb.pressure() as u64,
+        held,
+        "b trimmed the first message only"
+    );
     assert_eq!(board.wakes(), before + 1, "the stalled loop is woken");
+    sb.trimmed(lb.appended_held());
+    assert_eq!(sb.pressure(), 0);
 }
 
 #[test]
@@ -118,7 +150,8 @@ fn a_loop_that_left_holds_nothing_back() {
     drop((sb, lb));
     let (sa, la) = &mut m[0];
     sa.sequence(&mut batch(0, 0, 5), la);
-    assert_eq!(sa.backlog(), 0, "no loop left to keep it for");
+    sa.trimmed(la.appended_held());
+    assert_eq!(sa.pressure(), 0, "no loop left to hold it back for");
 }
 
 #[test]
@@ -177,7 +210,10 @@ proptest! {
         }
         let logs: Vec<Vec<String>> = m.iter().map(|(_, log)| contents(log)).collect();
         check_one_order(&logs, &produced);
-        prop_assert_eq!(m[0].0.backlog(), 0);
+        for (s, log) in &mut m {
+            s.trimmed(log.appended_held());
+        }
+        prop_assert_eq!(m[0].0.pressure(), 0);
     }
 }
 
@@ -187,18 +223,20 @@ proptest! {
 fn threads_racing_agree_on_one_order() {
     const N: usize = 4;
     const BATCHES: usize = 500;
-    let (polls, _board, members) = loops(N, usize::MAX);
+    let (polls, board, members) = loops(N, usize::MAX);
     let handles: Vec<_> = polls
         .into_iter()
         .zip(members)
         .enumerate()
         .map(|(who, (mut poll, (mut s, mut log)))| {
+            let board = Arc::clone(&board);
             std::thread::spawn(move || {
                 let mut events = Events::with_capacity(8);
                 for b in 0..BATCHES {
                     s.sequence(&mut batch(who, b * 3, 3), &mut log);
                     poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
                     if !events.is_empty() {
+                        board.answer(who);
                         s.catch_up(&mut log);
                     }
                 }
