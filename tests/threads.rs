@@ -120,17 +120,23 @@ fn publish_concurrently(
 fn a_client_receives_what_is_sent_after_it_connected_whatever_its_loop() {
     let server = Server::start(&["--threads", "2"]);
     for i in 0..200 {
-        // Two or three early clients, then the sender, connecting one after another: they
-        // alternate between the loops, so the sender is on either loop and early clients are
-        // on both (those on the sender's loop admitted at once, the others handed over).
-        let mut early: Vec<Client> = (0..2 + i % 2).map(|_| server.connect()).collect();
-        let mut sender = server.connect();
-        let line = format!("round {i}\n");
-        sender.send(line.as_bytes());
-        for c in early.iter_mut().chain([&mut sender]) {
-            c.expect(line.as_bytes());
-        }
+        newcomers_then_a_sender(&server, i);
     }
+}
+
+/// Two or three early clients, then a sender, connecting one after another: they alternate
+/// between the loops, so the sender is on either loop and early clients are on both (those on
+/// the sender's loop admitted at once, the others handed over). The sender sends at once;
+/// everyone must receive it. Returns the line.
+fn newcomers_then_a_sender(server: &Server, i: usize) -> String {
+    let mut early: Vec<Client> = (0..2 + i % 2).map(|_| server.connect()).collect();
+    let mut sender = server.connect();
+    let line = format!("round {i}\n");
+    sender.send(line.as_bytes());
+    for c in early.iter_mut().chain([&mut sender]) {
+        c.expect(line.as_bytes());
+    }
+    line
 }
 
 /// The same while both loops are busy with long flush rounds (thousands of receivers, a round
@@ -147,17 +153,9 @@ fn newcomers_joining_during_long_rounds_get_what_was_sent_after_they_connected()
     for c in &mut crowd {
         c.expect(b"crowd\n");
     }
-    let mut pending = Vec::new();
-    for i in 0..100 {
-        let mut early: Vec<Client> = (0..2 + i % 2).map(|_| server.connect()).collect();
-        let mut sender = server.connect();
-        let line = format!("round {i}\n");
-        sender.send(line.as_bytes());
-        for c in early.iter_mut().chain([&mut sender]) {
-            c.expect(line.as_bytes());
-        }
-        pending.push(line);
-    }
+    let pending: Vec<String> = (0..100)
+        .map(|i| newcomers_then_a_sender(&server, i))
+        .collect();
     // The crowd got every round's line too, in one order.
     let all: String = pending.concat();
     let mut first: Option<Vec<u8>> = None;
