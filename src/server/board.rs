@@ -178,8 +178,22 @@ impl Board {
         self.floors[i].store(u64::MAX, Ordering::SeqCst);
     }
 
-    /// Loop `i` has stopped: returns what was handed to it meanwhile (to be closed), and
-    /// makes later hand-overs return theirs.
+    /// Loop `i`, shutting down with no connections left, may stop if no connection waits for
+    /// it: then later hand-overs give theirs back, and this returns true. If one waits, it
+    /// returns false: the loop takes it in and drains it first (it was accepted before the
+    /// shutdown, and is owed what was sequenced before it).
+    pub fn stop_if_idle(&self, i: usize) -> bool {
+        let mut arrivals = lock(&self.arrivals[i]);
+        if !arrivals.waiting.is_empty() {
+            return false;
+        }
+        arrivals.closed = true;
+        true
+    }
+
+    /// Loop `i` has stopped (at the shutdown timeout, or after [`stop_if_idle`](Self::stop_if_idle)):
+    /// returns what was handed to it meanwhile (to be closed), and makes later hand-overs
+    /// give theirs back.
     pub fn stopped(&self, i: usize) -> Vec<Arrival> {
         let mut arrivals = lock(&self.arrivals[i]);
         arrivals.closed = true;
@@ -252,6 +266,7 @@ mod tests {
         assert_eq!(board.admit(10), Some(1));
         assert!(board.hand_over(1, socket(), addr, floor(7)).is_none());
         assert_eq!(board.join_floor(1), 7, "the loop keeps its log from 7 on");
+        assert!(!board.stop_if_idle(1), "a connection waits: drain it first");
         let left = board.stopped(1);
         assert_eq!(left.len(), 1, "what waited is given back to be closed");
         assert_eq!(left[0].join_at, 7);
@@ -259,6 +274,9 @@ mod tests {
         assert_eq!(board.admit(10), Some(1));
         assert!(board.hand_over(1, socket(), addr, floor(9)).is_some());
         assert_eq!(board.open(), 1, "both closed connections uncounted");
+        let to = board.admit(10).unwrap();
+        assert!(board.stop_if_idle(to), "nothing waits for it");
+        assert!(board.hand_over(to, socket(), addr, floor(9)).is_some());
     }
 
     #[test]

@@ -469,7 +469,10 @@ impl EventLoop {
             let result = if draining {
                 conn.discard(&mut self.bufs.scratch, READ_BUDGET, now)
             } else {
-                conn.read(&mut self.bufs, READ_BUDGET, budget - taken, now)
+                // Loops read at the same time against the same pressure: each takes its share
+                // of what is left, so together they pass the budget by one read at most.
+                let room = (budget - taken) / self.board.loops();
+                conn.read(&mut self.bufs, READ_BUDGET, room, now)
             };
             // What was read before an error or the end is relayed all the same.
             let read = self.bufs.batch.len();
@@ -605,7 +608,13 @@ impl EventLoop {
             return false;
         };
         if self.conns.is_empty() {
-            return true;
+            if self.board.stop_if_idle(self.index) {
+                return true;
+            }
+            // Handed over before the acceptor saw the shutdown (its wake may still be
+            // pending): served and drained like the rest.
+            self.take_arrivals(now);
+            return false;
         }
         if now < deadline {
             return false;
