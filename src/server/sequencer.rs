@@ -101,7 +101,7 @@ impl Sequencer {
     pub fn pressure(&self) -> usize {
         match self {
             Sequencer::Alone => 0,
-            Sequencer::Shared(member) => member.order.pressure.load(Ordering::SeqCst),
+            Sequencer::Shared(member) => member.order.pressure.0.load(Ordering::Relaxed),
         }
     }
 
@@ -119,8 +119,9 @@ impl Sequencer {
 #[derive(Debug)]
 pub struct Order {
     state: Mutex<OrderState>,
-    /// [`OrderState::pressure`], readable without the lock.
-    pressure: AtomicUsize,
+    /// [`OrderState::pressure`], readable without the lock: a hint (a loop about to stall
+    /// checks again under the lock), on a cache line of its own, away from the lock's.
+    pressure: CacheLine<AtomicUsize>,
     /// At this pressure, loops stop reading until the slowest loop has trimmed its log.
     read_budget: usize,
     board: Arc<Board>,
@@ -183,7 +184,7 @@ impl Order {
                 trimmed_at: vec![0; n],
                 stalled: vec![false; n],
             }),
-            pressure: AtomicUsize::new(0),
+            pressure: CacheLine(AtomicUsize::new(0)),
             read_budget,
             board,
             batches: AtomicU64::new(0),
@@ -207,7 +208,7 @@ impl Order {
     /// Publishes the pressure; returns the stalled loops to wake if it is below the budget.
     fn relieve(&self, state: &mut OrderState) -> Vec<usize> {
         let pressure = state.pressure();
-        self.pressure.store(pressure, Ordering::SeqCst);
+        self.pressure.0.store(pressure, Ordering::Relaxed);
         let mut wake = Vec::new();
         if pressure < self.read_budget {
             for (i, stalled) in state.stalled.iter_mut().enumerate() {
@@ -219,6 +220,12 @@ impl Order {
         wake
     }
 }
+
+/// A value alone on its cache line, so writing it does not slow down whoever uses its
+/// neighbours (here: the order's lock, taken by every loop).
+#[derive(Debug)]
+#[repr(align(64))]
+struct CacheLine<T>(T);
 
 /// One loop's handle on a shared [`Order`]; leaves it when dropped (the loop ended or
 /// panicked), so batches are no longer kept, nor reading held back, for it.
@@ -254,7 +261,7 @@ impl Member {
         }
         state.release();
         // Only higher: nobody to wake.
-        order.pressure.store(state.pressure(), Ordering::SeqCst);
+        order.pressure.0.store(state.pressure(), Ordering::Relaxed);
         drop(state);
         append(taken, log);
         if posted {
