@@ -246,7 +246,7 @@ impl EventLoop {
     }
 
     /// Woken by another thread: shutdown, connections handed over, input sequenced by another
-    /// loop, or the backlog that stalled reading has dropped.
+    /// loop, or a trim that took the pressure which stalled reading below the budget.
     fn on_wake(&mut self, now: Instant) {
         self.board.answer(self.index);
         self.read_stalled = false;
