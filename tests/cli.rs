@@ -66,6 +66,14 @@ fn extreme_settings_are_refused_not_wrapped_or_panicked_on() {
         "--max-connections",
     );
     fails_with(&["serve", "--max-connections", "0"], "--max-connections");
+    fails_with(
+        &["serve", "--threads", "0"],
+        "--threads 0 must be between 1 and 256",
+    );
+    fails_with(
+        &["serve", "--threads", "257"],
+        "--threads 257 must be between 1 and 256",
+    );
 }
 
 #[test]

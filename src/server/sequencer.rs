@@ -125,8 +125,6 @@ pub struct Order {
     /// At this pressure, loops stop reading until the slowest loop has trimmed its log.
     read_budget: usize,
     board: Arc<Board>,
-    /// Batches sequenced, for the benchmark's wakes per batch.
-    batches: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -187,7 +185,6 @@ impl Order {
             pressure: CacheLine(AtomicUsize::new(0)),
             read_budget,
             board,
-            batches: AtomicU64::new(0),
         })
     }
 
@@ -202,7 +199,8 @@ impl Order {
 
     /// Batches sequenced so far.
     pub fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
+        let state = lock(&self.state);
+        state.first + state.posted.len() as u64
     }
 
     /// Publishes the pressure; returns the stalled loops to wake if it is below the budget.
@@ -257,7 +255,6 @@ impl Member {
             state.end += batch.len() as u64;
             state.sequenced_held += held;
             state.next[me] += 1;
-            order.batches.fetch_add(1, Ordering::Relaxed);
         }
         state.release();
         // Only higher: nobody to wake.
