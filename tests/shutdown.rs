@@ -12,18 +12,9 @@ use util::{Client, Server};
 #[test]
 fn sigterm_refuses_new_clients_delivers_what_is_queued_and_exits_zero() {
     let mut server = Server::start(&["--max-pending", "64MiB"]);
-    let mut stalled = Client::connect_small_buffer(server.addr);
-    let mut reader = server.connect();
-    let mut publisher = server.connect();
-    publisher.discard_input();
-    publisher.send(b"ready\n");
-    stalled.expect(b"ready\n");
-    reader.expect(b"ready\n");
-    // More than the kernel's socket buffers hold, so most of it waits in the server's log.
-    let expected = numbered_lines(16 << 20);
-    publisher.send(&expected);
-    // Once the reader has it all, the server holds it for the stalled client.
-    reader.expect(&expected);
+    let mut stalled = [Client::connect_small_buffer(server.addr)];
+    let (_reader, _publisher, expected) = held_for(&server, &mut stalled, 16 << 20);
+    let [mut stalled] = stalled;
     server.signal(libc::SIGTERM);
     server.log.wait_for(&["shutting down (SIGTERM)"]);
     assert!(
@@ -64,20 +55,8 @@ fn shutdown_timeout_caps_the_wait_for_a_client_that_never_reads() {
     let mut stalled: Vec<Client> = (0..3)
         .map(|_| Client::connect_small_buffer(server.addr))
         .collect();
-    let mut reader = server.connect();
-    let mut publisher = server.connect();
-    publisher.discard_input();
-    publisher.send(b"ready\n");
-    reader.expect(b"ready\n");
-    for c in &mut stalled {
-        c.expect(b"ready\n");
-    }
-    // More than the kernel's socket buffers hold, so most of it waits in the server's log.
-    let lines = numbered_lines(16 << 20);
-    publisher.send(&lines);
+    let (mut reader, mut publisher, _) = held_for(&server, &mut stalled, 16 << 20);
     publisher.send(b"last\n");
-    // Once the reader has it all, the server holds it for the stalled clients.
-    reader.expect(&lines);
     reader.expect(b"last\n");
     server.signal(libc::SIGTERM);
     let line = server
@@ -139,19 +118,12 @@ fn a_client_that_keeps_sending_through_shutdown_still_receives_everything_relaye
     use std::sync::Arc;
 
     let mut server = Server::start(&["--shutdown-timeout", "10"]);
-    let mut reader = server.connect();
-    let mut chatty = Client::connect_small_buffer(server.addr);
-    let mut publisher = server.connect();
-    publisher.discard_input();
-    publisher.send(b"ready\n");
-    reader.expect(b"ready\n");
-    chatty.expect(b"ready\n");
     // Relayed before shutdown and not read yet by the chatty client: more than its socket
     // buffer holds, so much of it waits in the server's socket buffers, sent but not
     // delivered, which a reset throws away.
-    let backlog = numbered_lines(1 << 20);
-    publisher.send(&backlog);
-    reader.expect(&backlog);
+    let mut chatty = [Client::connect_small_buffer(server.addr)];
+    let (mut reader, publisher, backlog) = held_for(&server, &mut chatty, 1 << 20);
+    let [mut chatty] = chatty;
     // The chatty client types on and on (bounded: at most 1,000,000 lines).
     let stop = Arc::new(AtomicBool::new(false));
     let typing = {
@@ -280,6 +252,26 @@ struct Backlogged {
     publisher: Client,
     publisher_alive: Keepalive,
     backlog: Vec<u8>,
+}
+
+/// Connects a reader and a publisher after `stalled` (clients that do not read), syncs all on
+/// a line from the publisher, then publishes `size` bytes of numbered lines, more than the
+/// kernel's socket buffers hold, and waits until the reader has them: what the stalled clients
+/// have not taken now waits in the server's log. Returns the reader, the publisher (whose
+/// echoes are read and thrown away) and the lines.
+fn held_for(server: &Server, stalled: &mut [Client], size: usize) -> (Client, Client, Vec<u8>) {
+    let mut reader = server.connect();
+    let mut publisher = server.connect();
+    publisher.discard_input();
+    publisher.send(b"ready\n");
+    reader.expect(b"ready\n");
+    for c in stalled.iter_mut() {
+        c.expect(b"ready\n");
+    }
+    let lines = numbered_lines(size);
+    publisher.send(&lines);
+    reader.expect(&lines);
+    (reader, publisher, lines)
 }
 
 fn backlogged(args: &[&str], size: usize) -> Backlogged {

@@ -116,6 +116,28 @@ fn connections_joining_at(
     (conns, clients)
 }
 
+/// One step of the fan-out (starting a round if none is under way); returns the connections
+/// it would close.
+fn step(
+    fanout: &mut Fanout,
+    conns: &mut Slab<Connection>,
+    poll: &mio::Poll,
+    policy: Policy,
+) -> Vec<(usize, DisconnectReason)> {
+    let mut closing = Vec::new();
+    let mut limit = LogLimit::default();
+    let registry = poll.registry();
+    fanout.step(
+        Instant::now(),
+        conns,
+        registry,
+        policy,
+        &mut limit,
+        &mut closing,
+    );
+    closing
+}
+
 fn policy() -> Policy {
     Policy {
         echo_self: true,
@@ -136,8 +158,6 @@ fn a_receiver_joining_a_round_whose_receivers_all_left_keeps_its_messages() {
     let mut fanout = Fanout::new(t0, 1);
     let (mut conns, _clients) = connections(&mut fanout, &poll, 0..1);
     fanout.log.append(Bytes::from_static(b"before\n"), 9);
-    let mut limit = LogLimit::default();
-    let mut closing = Vec::new();
     // Start the round (it visits the one receiver), without letting it finish yet.
     fanout.start_round(&mut conns, t0);
     let leaving = conns.remove(0);
@@ -149,14 +169,7 @@ fn a_receiver_joining_a_round_whose_receivers_all_left_keeps_its_messages() {
     let key = conns.insert(conn);
     assert_eq!(key, 0, "the freed slot is reused");
     fanout.log.append(Bytes::from_static(b"after\n"), 9);
-    fanout.step(
-        t0,
-        &mut conns,
-        poll.registry(),
-        policy(),
-        &mut limit,
-        &mut closing,
-    );
+    let closing = step(&mut fanout, &mut conns, &poll, policy());
     assert!(!fanout.in_round());
     let newcomer = &conns[0];
     assert!(
@@ -176,8 +189,6 @@ fn a_newcomer_joining_behind_the_log_end_is_visited_without_new_input() {
     let poll = mio::Poll::new().unwrap();
     let t0 = Instant::now();
     let mut fanout = Fanout::new(t0, 2);
-    let mut limit = LogLimit::default();
-    let mut closing = Vec::new();
     fanout.log.append(Bytes::from_static(b"sync\n"), 9);
     let waiting = Policy {
         join_floor: 0,
@@ -185,14 +196,7 @@ fn a_newcomer_joining_behind_the_log_end_is_visited_without_new_input() {
     };
     // A full round over no one: the trim keeps the message for the connection waiting to join.
     let mut conns = Slab::new();
-    fanout.step(
-        t0,
-        &mut conns,
-        poll.registry(),
-        waiting,
-        &mut limit,
-        &mut closing,
-    );
+    assert!(step(&mut fanout, &mut conns, &poll, waiting).is_empty());
     assert!(!fanout.in_round());
     assert_eq!(fanout.log.first_seq(), 0, "the join floor kept the message");
     let (mut conns, mut clients) = connections_joining_at(&mut fanout, &poll, 0..1, 0);
@@ -200,14 +204,7 @@ fn a_newcomer_joining_behind_the_log_end_is_visited_without_new_input() {
         fanout.next_round_at().is_some(),
         "a newcomer owed a message is left waiting for input that may never come"
     );
-    fanout.step(
-        t0,
-        &mut conns,
-        poll.registry(),
-        policy(),
-        &mut limit,
-        &mut closing,
-    );
+    let closing = step(&mut fanout, &mut conns, &poll, policy());
     assert!(closing.is_empty());
     assert_eq!(conns[0].cursor.next_seq(), 1);
     let mut got = [0u8; 5];
