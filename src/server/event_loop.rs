@@ -283,11 +283,20 @@ impl EventLoop {
         }
     }
 
+    /// Whether reading waits for this loop's own round to trim its log: the round's input
+    /// budget is spent. A round is then due or under way, so the poll waits for it rather than
+    /// spinning. (Computed, not remembered: the round may have trimmed since the last read.)
+    fn own_budget_spent(&self) -> bool {
+        self.shutdown_deadline.is_none()
+            && self.fanout.untrimmed_held() >= round_input_budget(&self.config) as u64
+    }
+
     /// How long the next poll may block: not at all while work is left over from this turn;
     /// else until the earliest deadline, which goes to the timer (`epoll_wait` would round
     /// it up to whole milliseconds), or for ever when there is none.
     fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
-        let can_read = !self.read_queue.is_empty() && !self.read_stalled;
+        let can_read =
+            !self.read_queue.is_empty() && !self.read_stalled && !self.own_budget_spent();
         if can_read || self.fanout.in_round() || self.accept_more {
             return Some(Duration::ZERO);
         }
@@ -455,6 +464,8 @@ impl EventLoop {
             let untrimmed = usize::try_from(self.fanout.untrimmed_held()).unwrap_or(usize::MAX);
             let taken = untrimmed.max(self.sequencer.pressure());
             if !draining && taken >= budget {
+                // At its own budget this loop waits for its round (see `poll_timeout`);
+                // held back by another loop, it waits to be woken.
                 if untrimmed < budget && self.sequencer.stall() {
                     self.read_stalled = true;
                 }
@@ -470,8 +481,9 @@ impl EventLoop {
                 conn.discard(&mut self.bufs.scratch, READ_BUDGET, now)
             } else {
                 // Loops read at the same time against the same pressure: each takes its share
-                // of what is left, so together they pass the budget by one read at most.
-                let room = (budget - taken) / self.board.loops();
+                // of what is left (and reads at least once), so together they pass the budget
+                // by one read per loop at most.
+                let room = ((budget - taken) / self.board.loops()).max(1);
                 conn.read(&mut self.bufs, READ_BUDGET, room, now)
             };
             // What was read before an error or the end is relayed all the same.
