@@ -412,7 +412,11 @@ fn a_flood_of_empty_lines_is_bounded_like_large_messages() {
     let server = Server::start(&["--slow-consumer", "drop"]);
     let stalled = Client::connect_small_buffer(server.addr);
     let mut flooders: Vec<Client> = (0..8).map(|_| server.connect()).collect();
-    flooders[0].send(b"ready\n");
+    // The last to connect sends it: the server accepted every other client before it, so
+    // all receive it (a client is sent what is read after it was accepted; with several
+    // loops, one loop may read a line before another has accepted a client that connected
+    // just before it was sent).
+    flooders.last_mut().unwrap().send(b"ready\n");
     for c in &mut flooders {
         c.expect(b"ready\n");
     }
