@@ -306,3 +306,81 @@ fn receivers_on_a_busy_loop_are_not_cut_by_a_publisher_on_another() {
         "{cut} healthy receivers were cut off ({done} got everything)"
     );
 }
+
+/// SIGTERM reaches loop 0 while a client of loop 1 publishes without pause: the shutdown is
+/// one cut of the order. A reader on loop 0 must be sent exactly what the server says it
+/// relayed, a prefix of the publisher's lines, before its end of stream (loop 0 must take in
+/// what loop 1 sequenced before the cut before it half-closes its clients). The count in the
+/// "stopped" line is the server's, not a sum over loops.
+#[test]
+fn sigterm_cuts_the_order_once_for_every_loop() {
+    use std::io::Write;
+    use std::net::Shutdown;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    for round in 0..20 {
+        let mut server = Server::start(&["--threads", "2", "--no-echo-self"]);
+        let mut reader = server.connect(); // loop 0
+        let mut publisher = server.connect(); // loop 1
+        publisher.send(b"ready\n");
+        reader.expect(b"ready\n");
+        let stop = Arc::new(AtomicBool::new(false));
+        let typing = {
+            let mut out = publisher.stream.try_clone().unwrap();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                // Bounded: at most a million lines.
+                for i in 0..1_000_000u32 {
+                    if stop.load(Ordering::SeqCst)
+                        || out.write_all(format!("{i}\n").as_bytes()).is_err()
+                    {
+                        break;
+                    }
+                }
+                let _ = out.shutdown(Shutdown::Write);
+            })
+        };
+        // Let some lines through first: the reader sees the first hundred.
+        for i in 0..100 {
+            reader.expect(format!("{i}\n").as_bytes());
+        }
+        server.signal(libc::SIGTERM);
+        let rest = reader.read_to_eof();
+        stop.store(true, Ordering::SeqCst);
+        typing.join().unwrap();
+        drop(publisher);
+        drop(reader);
+        assert!(server.wait_exit(util::DEADLINE).success());
+        let got = 100
+            + rest
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count();
+        for (k, line) in rest
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            assert_eq!(
+                line,
+                (100 + k).to_string().as_bytes(),
+                "round {round}: out of order"
+            );
+        }
+        let stopped = server.log.wait_for(&["stopped:", "messages relayed"]);
+        let relayed: usize = stopped
+            .split(" messages relayed")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {stopped:?}"));
+        // Relayed: "ready" and the lines; the reader got all but "ready".
+        assert_eq!(
+            got + 1,
+            relayed,
+            "round {round}: the reader got {got} lines of {} relayed",
+            relayed - 1
+        );
+    }
+}
