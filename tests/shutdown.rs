@@ -112,11 +112,6 @@ fn idle_clients_are_closed_and_keepalives_keep_a_client_open() {
 /// every message that was relayed before shutdown began: the same stream as a reader's.
 #[test]
 fn a_client_that_keeps_sending_through_shutdown_still_receives_everything_relayed() {
-    use std::io::Write;
-    use std::net::Shutdown;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
     let mut server = Server::start(&["--shutdown-timeout", "10"]);
     // Relayed before shutdown and not read yet by the chatty client: more than its socket
     // buffer holds, so much of it waits in the server's socket buffers, sent but not
@@ -124,30 +119,15 @@ fn a_client_that_keeps_sending_through_shutdown_still_receives_everything_relaye
     let mut chatty = [Client::connect_small_buffer(server.addr)];
     let (mut reader, publisher, backlog) = held_for(&server, &mut chatty, 1 << 20);
     let [mut chatty] = chatty;
-    // The chatty client types on and on (bounded: at most 1,000,000 lines).
-    let stop = Arc::new(AtomicBool::new(false));
-    let typing = {
-        let mut out = chatty.stream.try_clone().unwrap();
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || {
-            for i in 0..1_000_000u32 {
-                if stop.load(Ordering::SeqCst)
-                    || out.write_all(format!("typed {i}\n").as_bytes()).is_err()
-                {
-                    break;
-                }
-            }
-            let _ = out.shutdown(Shutdown::Write);
-        })
-    };
+    // The chatty client types on and on.
+    let typing = util::Typist::start(&chatty, |i| format!("typed {i}\n"));
     server.signal(libc::SIGTERM);
     server.log.wait_for(&["shutting down (SIGTERM)"]);
     // What the reader got is what was relayed: the backlog and the typing relayed before the
     // signal. The chatty client must get exactly that too (a reset would cut it short).
     let relayed = reader.read_to_eof();
     let got = chatty.read_to_eof();
-    stop.store(true, Ordering::SeqCst);
-    typing.join().unwrap();
+    typing.stop();
     let want = [&backlog[..], &relayed[..]].concat();
     assert!(
         got == want,

@@ -314,41 +314,20 @@ fn receivers_on_a_busy_loop_are_not_cut_by_a_publisher_on_another() {
 /// "stopped" line is the server's, not a sum over loops.
 #[test]
 fn sigterm_cuts_the_order_once_for_every_loop() {
-    use std::io::Write;
-    use std::net::Shutdown;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
     for round in 0..20 {
         let mut server = Server::start(&["--threads", "2", "--no-echo-self"]);
         let mut reader = server.connect(); // loop 0
         let mut publisher = server.connect(); // loop 1
         publisher.send(b"ready\n");
         reader.expect(b"ready\n");
-        let stop = Arc::new(AtomicBool::new(false));
-        let typing = {
-            let mut out = publisher.stream.try_clone().unwrap();
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                // Bounded: at most a million lines.
-                for i in 0..1_000_000u32 {
-                    if stop.load(Ordering::SeqCst)
-                        || out.write_all(format!("{i}\n").as_bytes()).is_err()
-                    {
-                        break;
-                    }
-                }
-                let _ = out.shutdown(Shutdown::Write);
-            })
-        };
+        let typing = util::Typist::start(&publisher, |i| format!("{i}\n"));
         // Let some lines through first: the reader sees the first hundred.
         for i in 0..100 {
             reader.expect(format!("{i}\n").as_bytes());
         }
         server.signal(libc::SIGTERM);
         let rest = reader.read_to_eof();
-        stop.store(true, Ordering::SeqCst);
-        typing.join().unwrap();
+        typing.stop();
         drop(publisher);
         drop(reader);
         assert!(server.wait_exit(util::DEADLINE).success());

@@ -568,3 +568,34 @@ pub fn bytes_read_by_threads(pid: i32, prefix: &str) -> Vec<(String, u64)> {
     out.sort();
     out
 }
+
+/// A client that types numbered lines without pause on a thread (at most a million, so it
+/// stops by itself) until [`stop`](Self::stop), then closes its sending side.
+pub struct Typist {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Typist {
+    /// Types `line(i)` for i = 0, 1, ... on a clone of `client`'s socket.
+    pub fn start(client: &Client, line: impl Fn(u32) -> String + Send + 'static) -> Typist {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut out = client.stream.try_clone().expect("clone socket");
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            for i in 0..1_000_000u32 {
+                if stopped.load(Ordering::SeqCst) || out.write_all(line(i).as_bytes()).is_err() {
+                    break;
+                }
+            }
+            let _ = out.shutdown(std::net::Shutdown::Write);
+        });
+        Typist { stop, thread }
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("typist failed");
+    }
+}
