@@ -50,6 +50,7 @@ pub mod config;
 pub mod protocol;
 pub mod server;
 mod sys;
+pub mod ws;
 
 pub use config::{ServerConfig, SlowConsumerPolicy};
 pub use protocol::Protocol;
