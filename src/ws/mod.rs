@@ -6,3 +6,21 @@
 
 pub mod frame;
 pub mod handshake;
+
+/// The page served at `GET /`: self-contained (no external scripts, fonts or styles), it
+/// connects to `/ws` on the same host, shows the stream and a live count, sends a line on
+/// Enter, and reconnects with backoff.
+pub const PAGE: &str = include_str!("page.html");
+
+#[cfg(test)]
+mod tests {
+    use super::PAGE;
+
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere() {
+        for needle in ["http://", "https://", "<link", " src=", "@import"] {
+            assert!(!PAGE.contains(needle), "the page refers to {needle}");
+        }
+        assert!(PAGE.contains("\"/ws\""), "the page connects to /ws");
+    }
+}
