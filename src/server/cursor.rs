@@ -25,6 +25,9 @@ pub struct Cursor {
     /// Whether `partial` is a copy of its own rather than a view of a shared block, so a
     /// receiver skipped ahead again and again copies it once.
     partial_owned: bool,
+    /// WebSocket receivers: the unsent rest of a frame header a write stopped inside (the
+    /// payload's rest is then `partial`, possibly empty).
+    head: ws::PendingHead,
 }
 
 /// How a flush ended.
@@ -43,6 +46,7 @@ impl Cursor {
             next_seq: seq,
             partial: None,
             partial_owned: false,
+            head: ws::PendingHead::default(),
         }
     }
 
@@ -67,7 +71,7 @@ impl Cursor {
         self.partial.is_some()
             || log
                 .from(self.next_seq)
-                .any(|e| Some(e.origin) != skip_origin)
+                .any(|e| Some(e.origin()) != skip_origin)
     }
 
     /// Whether the log already forgot messages this receiver has not been sent.
@@ -126,7 +130,7 @@ impl Cursor {
                     if offered >= MAX_WRITE {
                         break;
                     }
-                    if Some(e.origin) == skip_origin {
+                    if Some(e.origin()) == skip_origin {
                         continue;
                     }
                     offered += e.len();
@@ -184,7 +188,7 @@ impl Cursor {
                 break;
             }
             self.next_seq += 1;
-            if Some(e.origin) == skip_origin {
+            if Some(e.origin()) == skip_origin {
                 continue;
             }
             if written < e.len() {
@@ -228,6 +232,8 @@ impl<'a> Run<'a> {
         self.first.block_slice(self.from, self.to)
     }
 }
+
+mod ws;
 
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,10 @@ pub fn counted(len: usize, overhead: usize) -> usize {
     len + len / 4 + overhead
 }
 
+/// The top bit of an entry's `meta`: binary for WebSocket clients. Connection ids stay far
+/// below it.
+const BINARY: u64 = 1 << 63;
+
 /// The ring gives memory back once it is this large and at most a quarter full.
 const SHRINK_ABOVE: usize = 1024;
 
@@ -44,8 +48,9 @@ pub struct Entry {
     start: u32,
     /// The message's length in wire form.
     len: u32,
-    /// Connection id of the sender, so `--no-echo-self` can leave it out of the sender's stream.
-    pub origin: u64,
+    /// Connection id of the sender (so `--no-echo-self` can leave it out of the sender's
+    /// stream), and in the top bit whether WebSocket clients get it as a binary message.
+    meta: u64,
 }
 
 impl Entry {
@@ -60,8 +65,30 @@ impl Entry {
             block,
             start: u32::try_from(start).ok()?,
             len: u32::try_from(len).ok()?,
-            origin,
+            meta: origin & !BINARY,
         })
+    }
+
+    /// The connection id of the sender.
+    pub fn origin(&self) -> u64 {
+        self.meta & !BINARY
+    }
+
+    /// Whether WebSocket clients get this message as binary (it came from a WebSocket client
+    /// as binary, or from a TCP client and is not UTF-8) rather than as text.
+    pub fn is_binary(&self) -> bool {
+        self.meta & BINARY != 0
+    }
+
+    /// Marks the message binary (or text) for WebSocket clients.
+    pub fn set_binary(&mut self, binary: bool) {
+        self.meta = self.origin() | if binary { BINARY } else { 0 };
+    }
+
+    /// The bytes `from..to` of this message (offsets within it), sharing the block.
+    pub fn slice(&self, from: usize, to: usize) -> Bytes {
+        let start = self.start as usize;
+        self.block.slice(start + from..start + to.min(self.len()))
     }
 
     /// A message that is a block of its own.

@@ -35,7 +35,7 @@ fn absorb_in_reads(
         result = inbox.finish(7, &mut batch);
     }
     let msgs = batch.iter().map(|e| e.bytes().to_vec()).collect();
-    assert!(batch.iter().all(|e| e.origin == 7));
+    assert!(batch.iter().all(|e| e.origin() == 7));
     (result.map(|_| msgs), most_held)
 }
 
