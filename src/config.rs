@@ -63,6 +63,10 @@ pub struct ServerConfig {
     /// Event loops, each on a thread of its own; all clients share one order whatever loop
     /// serves them.
     pub threads: usize,
+    /// Where to serve HTTP (the page at `/`, WebSocket clients at `/ws`); `None` serves none.
+    pub http: Option<SocketAddr>,
+    /// Browser origins allowed to open a WebSocket besides the server's own host (`*`: any).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +82,8 @@ impl Default for ServerConfig {
             idle_timeout: None,
             shutdown_timeout: Duration::from_secs(5),
             threads: 1,
+            http: None,
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -66,6 +66,13 @@ struct ServeArgs {
     /// Event loops, one thread each; every client sees the same order whichever loop serves it.
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
+    /// Also serve HTTP here (off by default): the chat page at `/`, WebSocket clients at `/ws`.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// A browser origin (e.g. https://example.com) allowed to open a WebSocket besides the
+    /// server's own host; repeatable; `*` allows any.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
 }
 
 #[derive(Args)]
@@ -152,11 +159,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         shutdown_timeout: args.shutdown_timeout,
         threads: args.threads,
+        http: args.http,
+        allowed_origins: args.allowed_origins,
     };
     let mut server = Server::bind(config)?;
     server.handle_signals()?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {}", server.local_addr())
+        .and_then(|_| match server.http_addr() {
+            Some(http) => writeln!(stdout, "http on {http}"),
+            None => Ok(()),
+        })
         .and_then(|_| stdout.flush())
         .context("cannot write to stdout")?;
     drop(stdout);

@@ -116,6 +116,11 @@ impl Decoder {
         }
     }
 
+    /// The wire format this decoder splits.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
     /// Looks at the front of `buf`, which starts at a message boundary, without consuming it.
     pub fn next(&mut self, buf: &[u8]) -> Result<Next, ProtocolError> {
         match self.protocol {

@@ -20,6 +20,8 @@ pub struct Arrival {
     pub peer: SocketAddr,
     /// Where in the one order it joins: the messages sequenced from here on are its to receive.
     pub join_at: u64,
+    /// Accepted on the HTTP listener: it sends a request head first.
+    pub http: bool,
 }
 
 /// The connections waiting for one loop.
@@ -151,6 +153,7 @@ impl Board {
         i: usize,
         socket: TcpStream,
         peer: SocketAddr,
+        http: bool,
         join_point: impl FnOnce(&AtomicU64) -> u64,
     ) -> Option<TcpStream> {
         let mut arrivals = lock(&self.arrivals[i]);
@@ -164,6 +167,7 @@ impl Board {
             socket,
             peer,
             join_at,
+            http,
         });
         drop(arrivals);
         self.ring(i);
@@ -264,7 +268,9 @@ mod tests {
             |join_at| move |f: &AtomicU64| f.fetch_min(join_at, Ordering::SeqCst).min(join_at);
         assert_eq!(board.admit(10), Some(0));
         assert_eq!(board.admit(10), Some(1));
-        assert!(board.hand_over(1, socket(), addr, floor(7)).is_none());
+        assert!(board
+            .hand_over(1, socket(), addr, false, floor(7))
+            .is_none());
         assert_eq!(board.join_floor(1), 7, "the loop keeps its log from 7 on");
         assert!(!board.stop_if_idle(1), "a connection waits: drain it first");
         let left = board.stopped(1);
@@ -272,11 +278,15 @@ mod tests {
         assert_eq!(left[0].join_at, 7);
         assert_eq!(board.join_floor(1), u64::MAX);
         assert_eq!(board.admit(10), Some(1));
-        assert!(board.hand_over(1, socket(), addr, floor(9)).is_some());
+        assert!(board
+            .hand_over(1, socket(), addr, false, floor(9))
+            .is_some());
         assert_eq!(board.open(), 1, "both closed connections uncounted");
         let to = board.admit(10).unwrap();
         assert!(board.stop_if_idle(to), "nothing waits for it");
-        assert!(board.hand_over(to, socket(), addr, floor(9)).is_some());
+        assert!(board
+            .hand_over(to, socket(), addr, false, floor(9))
+            .is_some());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::cursor::{Cursor, Flushed};
 use super::disconnect::DisconnectReason;
 use super::inbox::{self, Inbox};
 use super::log::{self, Entry, Log};
+use super::web::{Side, WsState};
 use crate::protocol::Decoder;
 use crate::sys;
 
@@ -51,7 +52,13 @@ pub struct ReadBuffers {
     /// Messages read since the batch was last handed to the sequencer, in order.
     pub batch: Vec<Entry>,
     /// What each message counts beyond its bytes ([`Log::held_for`] of the loop's log).
-    overhead: usize,
+    pub(super) overhead: usize,
+    /// WebSocket clients' messages are stored here in the server's wire form (one block per
+    /// read, shared by its messages).
+    pub(super) wire: BytesMut,
+    /// Mark TCP messages that are not UTF-8 as binary for WebSocket receivers (only with
+    /// `--http`: the check costs a pass over every message).
+    pub mark_binary: bool,
 }
 
 impl ReadBuffers {
@@ -62,11 +69,13 @@ impl ReadBuffers {
             spans: Vec::new(),
             batch: Vec::new(),
             overhead: log.held_for(0),
+            wire: BytesMut::new(),
+            mark_binary: false,
         }
     }
 
     /// What a message of `len` bytes counts against `--max-pending` ([`Log::held_for`]).
-    fn held_for(&self, len: usize) -> usize {
+    pub(super) fn held_for(&self, len: usize) -> usize {
         log::counted(len, self.overhead)
     }
 
@@ -82,6 +91,18 @@ impl ReadBuffers {
             self.spans.shrink_to(2 * keep);
         }
     }
+}
+
+/// What a connection speaks.
+#[derive(Debug)]
+pub enum Transport {
+    /// The server's `--protocol`, through [`Inbox`].
+    Tcp,
+    /// WebSocket frames (after an upgrade on the `--http` listener).
+    Ws(Box<WsState>),
+    /// Not a receiver: an HTTP request being read, or an answer being written before the
+    /// connection closes (see [`Side`]).
+    Side(Box<Side>),
 }
 
 /// A connected client.
@@ -120,6 +141,8 @@ pub struct Connection {
     shortest: usize,
     /// Messages skipped under `--slow-consumer drop`.
     pub dropped: u64,
+    /// TCP, WebSocket, or an HTTP connection not (or no longer) receiving.
+    pub transport: Transport,
 }
 
 impl Connection {
@@ -128,6 +151,7 @@ impl Connection {
         peer: SocketAddr,
         id: u64,
         decoder: Decoder,
+        transport: Transport,
         now: Instant,
     ) -> Self {
         Connection {
@@ -146,6 +170,7 @@ impl Connection {
             member_index: 0,
             shortest: usize::MAX,
             dropped: 0,
+            transport,
         }
     }
 
@@ -178,8 +203,32 @@ impl Connection {
         held_budget: usize,
         now: Instant,
     ) -> Result<Input, DisconnectReason> {
+        match &mut self.transport {
+            Transport::Tcp => {}
+            Transport::Ws(ws) => {
+                let last_input = &mut self.last_input;
+                return ws.read(
+                    &self.socket,
+                    bufs,
+                    self.id,
+                    budget,
+                    held_budget,
+                    last_input,
+                    now,
+                );
+            }
+            Transport::Side(_) => return Ok(Input::Drained),
+        }
+        let before = bufs.batch.len();
         let mut seen = usize::MAX;
         let result = self.read_visit(bufs, budget, held_budget, now, &mut seen);
+        if bufs.mark_binary {
+            let wire = self.inbox.protocol();
+            for e in &mut bufs.batch[before..] {
+                let text = std::str::from_utf8(wire.payload(e.bytes())).is_ok();
+                e.set_binary(!text);
+            }
+        }
         // The last visit's shortest message sizes the next visit's reads: a client that sent
         // one empty line long ago is not read in small chunks for ever.
         if seen != usize::MAX {
@@ -279,10 +328,50 @@ impl Connection {
         Ok(Input::More)
     }
 
-    /// Writes what this client is owed of `log`; see [`Cursor::flush`].
+    /// Writes what this client is owed of `log` (see [`Cursor::flush`]), and to a WebSocket
+    /// client the control frames it is owed, between whole messages.
     pub fn flush(&mut self, log: &super::Log, echo_self: bool) -> io::Result<Flushed> {
         let skip = (!echo_self).then_some(self.id);
-        self.cursor.flush(log, skip, &mut self.socket)
+        let ws = match &mut self.transport {
+            Transport::Tcp => return self.cursor.flush(log, skip, &mut self.socket),
+            Transport::Ws(ws) => ws,
+            Transport::Side(_) => return Ok(Flushed::CaughtUp),
+        };
+        loop {
+            if !self.cursor.in_message() && !ws.write_ctrl(&mut self.socket)? {
+                return Ok(Flushed::Blocked);
+            }
+            if self.cursor.flush_ws(log, skip, ws.wire, &mut self.socket)? == Flushed::Blocked {
+                return Ok(Flushed::Blocked);
+            }
+            if !ws.has_ctrl() {
+                return Ok(Flushed::CaughtUp);
+            }
+        }
+    }
+
+    /// Whether a flush has something to write: messages, or control frames.
+    pub fn wants_write(&self, log: &super::Log) -> bool {
+        self.cursor.is_behind(log) || matches!(&self.transport, Transport::Ws(ws) if ws.has_ctrl())
+    }
+
+    /// Whether this connection is one of the fan-out's receivers (TCP or WebSocket).
+    pub fn is_member(&self) -> bool {
+        !matches!(self.transport, Transport::Side(_))
+    }
+
+    /// Makes a WebSocket receiver a side connection that is sent the rest of the message
+    /// under way, then `frame` (a close frame), and closes once the client has closed (see
+    /// [`Side::goodbye`]). The caller removed it from the fan-out.
+    pub fn say_goodbye(&mut self, frame: bytes::Bytes, then: DisconnectReason, now: Instant) {
+        // A message under way is finished first; control frames (the 101 answer, a pong) are
+        // written only between messages, so none of them has begun if one is under way.
+        let mut out: std::collections::VecDeque<bytes::Bytes> = self.cursor.take_unsent().into();
+        if let Transport::Ws(ws) = &mut self.transport {
+            out.extend(ws.take_ctrl());
+        }
+        out.push_back(frame);
+        self.transport = Transport::Side(Box::new(Side::goodbye(out, then, now)));
     }
 
     /// Whether anything in `log` is still to be sent to this client (its own messages do not
@@ -298,10 +387,20 @@ impl Connection {
             .is_some_and(|end| self.cursor.next_seq() >= end && !self.cursor.in_message())
     }
 
-    /// Closes our sending side (the client reads the end of the stream after all it was sent).
-    pub fn shut_write(&mut self) -> io::Result<()> {
+    /// Closes our sending side (the client reads the end of the stream after all it was
+    /// sent); a WebSocket client is sent a close frame (going away) first. Returns false if
+    /// that frame could not be written whole yet: the socket is not shut, and this is to be
+    /// called again once it is writable.
+    pub fn shut_write(&mut self) -> io::Result<bool> {
+        if let Transport::Ws(ws) = &mut self.transport {
+            ws.going_away();
+            if !ws.write_ctrl(&mut self.socket)? {
+                return Ok(false);
+            }
+        }
         self.write_shut = true;
-        self.socket.shutdown(Shutdown::Write)
+        self.socket.shutdown(Shutdown::Write)?;
+        Ok(true)
     }
 
     /// Makes closing the socket send a reset at once: for a client that failed, so that what

@@ -5,6 +5,8 @@ use std::io;
 use std::time::Duration;
 
 use crate::protocol::ProtocolError;
+use crate::ws::frame::FrameError;
+use crate::ws::handshake::Status;
 
 /// The reason one client's connection ended. Each closes that client only.
 #[derive(Debug)]
@@ -22,6 +24,20 @@ pub enum DisconnectReason {
     /// The server is stopping and the shutdown timeout ran out: before the client was sent all
     /// (`owed`), or before it closed its side after being sent all.
     Shutdown { owed: bool },
+    /// A WebSocket client sent a close frame (with this code).
+    WsClosed(Option<u16>),
+    /// A WebSocket client broke the protocol, sent a message too large, or one the server's
+    /// `--protocol` cannot carry; it is sent a close frame with the code.
+    WsProtocol(FrameError),
+    /// An HTTP request was answered with an error status.
+    Refused {
+        status: Status,
+        reason: &'static str,
+    },
+    /// An HTTP request was answered with the page.
+    PageServed,
+    /// An HTTP client did not send its request head (or take its answer) in time.
+    HttpTimeout,
 }
 
 impl DisconnectReason {
@@ -34,6 +50,9 @@ impl DisconnectReason {
             DisconnectReason::SlowConsumer { .. } => "slow_consumer",
             DisconnectReason::Idle(_) => "idle",
             DisconnectReason::Shutdown { .. } => "shutdown",
+            DisconnectReason::WsClosed(_) | DisconnectReason::PageServed => "closed",
+            DisconnectReason::WsProtocol(_) | DisconnectReason::Refused { .. } => "protocol",
+            DisconnectReason::HttpTimeout => "idle",
         }
     }
 
@@ -44,6 +63,11 @@ impl DisconnectReason {
             DisconnectReason::Reset(_)
                 | DisconnectReason::Protocol(_)
                 | DisconnectReason::SlowConsumer { .. }
+                | DisconnectReason::WsProtocol(_)
+                | DisconnectReason::Refused {
+                    status: Status::BadRequest | Status::Forbidden,
+                    ..
+                }
         )
     }
 
@@ -53,10 +77,17 @@ impl DisconnectReason {
     /// A client still owed data when the shutdown timeout ends is reset too: an orderly end of
     /// stream would pass a message cut short for a whole one.
     pub fn aborts(&self) -> bool {
-        self.is_failure()
+        // Those answered over HTTP or with a close frame were waited for after the answer.
+        let answered = matches!(
+            self,
+            DisconnectReason::WsProtocol(_) | DisconnectReason::Refused { .. }
+        );
+        (self.is_failure() && !answered)
             || matches!(
                 self,
-                DisconnectReason::Idle(_) | DisconnectReason::Shutdown { owed: true }
+                DisconnectReason::Idle(_)
+                    | DisconnectReason::Shutdown { owed: true }
+                    | DisconnectReason::HttpTimeout
             )
     }
 
@@ -65,7 +96,14 @@ impl DisconnectReason {
     pub fn is_quiet(&self) -> bool {
         matches!(
             self,
-            DisconnectReason::Closed | DisconnectReason::Shutdown { .. }
+            DisconnectReason::Closed
+                | DisconnectReason::Shutdown { .. }
+                | DisconnectReason::WsClosed(_)
+                | DisconnectReason::PageServed
+                | DisconnectReason::Refused {
+                    status: Status::NotFound | Status::MethodNotAllowed,
+                    ..
+                }
         )
     }
 }
@@ -88,6 +126,22 @@ impl fmt::Display for DisconnectReason {
             }
             DisconnectReason::Shutdown { owed: false } => f.write_str(
                 "server shutting down: all was sent, but the client did not close within the shutdown timeout",
+            ),
+            DisconnectReason::WsClosed(Some(code)) => {
+                write!(f, "WebSocket client closed the connection (code {code})")
+            }
+            DisconnectReason::WsClosed(None) => {
+                f.write_str("WebSocket client closed the connection")
+            }
+            DisconnectReason::WsProtocol(e) => write!(f, "WebSocket protocol error: {e}"),
+            DisconnectReason::Refused { status, reason } => {
+                write!(f, "HTTP request answered {}: {reason}", status.line())
+            }
+            DisconnectReason::PageServed => f.write_str("served the page"),
+            DisconnectReason::HttpTimeout => write!(
+                f,
+                "HTTP client did not complete its request or close within {}s",
+                super::web::SIDE_TIMEOUT.as_secs()
             ),
         }
     }

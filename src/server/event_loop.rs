@@ -22,16 +22,18 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use super::board::{Arrival, Board};
-use super::connection::{Connection, Input, ReadBuffers};
+use super::connection::{Connection, Input, ReadBuffers, Transport};
 use super::disconnect::DisconnectReason;
 use super::fanout::{Fanout, Policy};
 use super::listener;
 use super::ratelimit::LogLimit;
 use super::sequencer::Sequencer;
 use super::timer::Timer;
+use super::web::{self, Side, SideEvent, WsState};
 use super::{CutOff, ServerError, Stats};
 use crate::config::ServerConfig;
 use crate::protocol::Decoder;
+use crate::ws::handshake::Origins;
 
 /// The listener's token: above any slab key (those stay below `--max-connections`).
 const LISTENER: Token = Token(usize::MAX);
@@ -41,6 +43,8 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 /// Token of the loop's timer.
 const TIMER: Token = Token(usize::MAX - 3);
+/// The `--http` listener's token.
+const HTTP_LISTENER: Token = Token(usize::MAX - 4);
 
 /// Bytes one connection may read per visit before the others get their turn.
 const READ_BUDGET: usize = 256 * 1024;
@@ -68,6 +72,14 @@ pub struct EventLoop {
     /// Loop 0's listener; `None` on the others, and once shutdown has begun (closing it makes
     /// new connections be refused).
     listener: Option<TcpListener>,
+    /// Loop 0's `--http` listener, if any (closed like the other at shutdown).
+    http_listener: Option<TcpListener>,
+    /// Browser origins allowed besides the server's own (`--allowed-origin`).
+    origins: Origins,
+    /// Side connections (HTTP, or WebSocket clients being closed) by deadline: always
+    /// [`web::SIDE_TIMEOUT`] after they were made, so in order. An entry whose connection
+    /// is gone or no longer a side connection is skipped.
+    side_deadlines: VecDeque<(Instant, usize, u64)>,
     config: Arc<ServerConfig>,
     /// What the loops share: wakers, connections handed over, counts, the shutdown flag.
     board: Arc<Board>,
@@ -136,25 +148,36 @@ impl EventLoop {
         index: usize,
         setup: LoopSetup,
         listener: Option<TcpListener>,
+        http_listener: Option<TcpListener>,
         config: Arc<ServerConfig>,
         board: Arc<Board>,
         sequencer: Sequencer,
     ) -> Result<EventLoop, ServerError> {
         let LoopSetup { poll, timer } = setup;
-        let mut listener = listener;
-        if let Some(listener) = &mut listener {
-            poll.registry()
-                .register(listener, LISTENER, Interest::READABLE)
-                .map_err(ServerError::Setup)?;
+        let (mut listener, mut http_listener) = (listener, http_listener);
+        for (listener, token) in [
+            (&mut listener, LISTENER),
+            (&mut http_listener, HTTP_LISTENER),
+        ] {
+            if let Some(listener) = listener {
+                poll.registry()
+                    .register(listener, token, Interest::READABLE)
+                    .map_err(ServerError::Setup)?;
+            }
         }
         let now = Instant::now();
         let next_idle_check = config.idle_timeout.map(|t| later(now, idle_check_every(t)));
         let fanout = Fanout::new(now, board.loops());
-        let bufs = ReadBuffers::new(&fanout.log);
+        let mut bufs = ReadBuffers::new(&fanout.log);
+        bufs.mark_binary = config.http.is_some();
+        let origins = Origins::new(&config.allowed_origins);
         Ok(EventLoop {
             index,
             poll,
             listener,
+            http_listener,
+            origins,
+            side_deadlines: VecDeque::new(),
             config,
             board,
             conns: Slab::new(),
@@ -205,7 +228,7 @@ impl EventLoop {
             self.accepted_this_turn = 0;
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(now),
+                    LISTENER | HTTP_LISTENER => self.accept(now),
                     SIGNALS => self.on_signal(now),
                     WAKER => self.on_wake(now),
                     TIMER => self.timer.fired(),
@@ -266,9 +289,10 @@ impl EventLoop {
             socket,
             peer,
             join_at,
+            http,
         } in arrivals.drain(..)
         {
-            self.admit(socket, peer, join_at, now);
+            self.admit(socket, peer, join_at, http, now);
         }
         self.arrivals = arrivals;
     }
@@ -300,7 +324,7 @@ impl EventLoop {
         if can_read || self.fanout.in_round() || self.accept_more {
             return Some(Duration::ZERO);
         }
-        let paused = self.listener.is_some().then_some(self.accept_paused_until);
+        let paused = self.listening().then_some(self.accept_paused_until);
         let idle_check = self
             .shutdown_deadline
             .is_none()
@@ -311,6 +335,7 @@ impl EventLoop {
             self.shutdown_deadline,
             self.fanout.next_round_at(),
             self.log_limit.next_due(),
+            self.side_deadlines.front().map(|d| d.0),
         ]
         .into_iter()
         .flatten()
@@ -327,22 +352,45 @@ impl EventLoop {
         }
     }
 
-    /// Accepts until `WouldBlock` (the listener is edge-triggered too), or [`ACCEPTS_PER_TURN`]
-    /// connections this turn, coming back next turn for the rest.
+    /// Whether this loop accepts (loop 0 until shutdown).
+    fn listening(&self) -> bool {
+        self.listener.is_some() || self.http_listener.is_some()
+    }
+
+    /// Accepts on both listeners until `WouldBlock` (they are edge-triggered too), or
+    /// [`ACCEPTS_PER_TURN`] connections this turn, coming back next turn for the rest.
     fn accept(&mut self, now: Instant) {
         self.accept_more = false;
         if self.accept_paused_until.is_some_and(|t| now < t) {
             return;
         }
         self.accept_paused_until = None;
-        while self.accepted_this_turn < ACCEPTS_PER_TURN {
-            self.accepted_this_turn += 1;
-            let Some(listener) = &self.listener else {
+        for http in [false, true] {
+            if !self.accept_from(http, now) {
                 return;
+            }
+        }
+    }
+
+    /// Accepts from one listener; false if accepting must stop for this turn.
+    fn accept_from(&mut self, http: bool, now: Instant) -> bool {
+        loop {
+            if self.accepted_this_turn >= ACCEPTS_PER_TURN {
+                self.accept_more = true;
+                return false;
+            }
+            self.accepted_this_turn += 1;
+            let listener = if http {
+                &self.http_listener
+            } else {
+                &self.listener
+            };
+            let Some(listener) = listener else {
+                return true;
             };
             let (socket, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if listener::is_connection_error(&e) => continue,
                 Err(e) => {
                     let why = if listener::is_resource_exhaustion(&e) {
@@ -358,7 +406,7 @@ impl EventLoop {
                         );
                     }
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                    return;
+                    return false;
                 }
             };
             let Some(to) = self.board.admit(self.config.max_connections) else {
@@ -378,11 +426,11 @@ impl EventLoop {
             // on whichever loop it is served.
             if to == self.index {
                 let join_at = self.sequencer.join_point(&self.fanout.log, None);
-                self.admit(socket, peer, join_at, now);
+                self.admit(socket, peer, join_at, http, now);
                 continue;
             }
             let (sequencer, log) = (&self.sequencer, &self.fanout.log);
-            let handed = self.board.hand_over(to, socket, peer, |floor| {
+            let handed = self.board.hand_over(to, socket, peer, http, |floor| {
                 sequencer.join_point(log, Some(floor))
             });
             if handed.is_some() {
@@ -390,36 +438,111 @@ impl EventLoop {
                 debug!(peer = %peer, "closed: the server is shutting down");
             }
         }
-        self.accept_more = true;
     }
 
     /// Registers an accepted connection and makes it a receiver of the messages sequenced
-    /// from `join_at` on. (The board counted it already; a failure here uncounts it.)
-    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, join_at: u64, now: Instant) {
+    /// from `join_at` on; one from the HTTP listener becomes a receiver only once it upgrades.
+    /// (The board counted it already; a failure here uncounts it.)
+    fn admit(
+        &mut self,
+        mut socket: TcpStream,
+        peer: SocketAddr,
+        join_at: u64,
+        http: bool,
+        now: Instant,
+    ) {
         if let Err(e) = Connection::configure(&socket) {
             debug!(peer = %peer, "cannot set socket options: {e}");
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
+        let interest = if http {
+            // It is answered outside the flush rounds, as soon as the socket allows.
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         if let Err(e) = self
             .poll
             .registry()
-            .register(&mut socket, Token(key), Interest::READABLE)
+            .register(&mut socket, Token(key), interest)
         {
             warn!(peer = %peer, "cannot register connection: {e}");
             self.board.closed(self.index);
             return;
         }
         let decoder = Decoder::new(self.config.protocol, self.config.max_message);
-        let conn = entry.insert(Connection::new(socket, peer, self.next_id, decoder, now));
-        self.fanout.join(key, conn, join_at);
+        let id = self.next_id;
         self.next_id += self.board.loops() as u64;
         self.stats.accepted += 1;
+        if http {
+            let side = Box::new(Side::new(now));
+            self.side_deadlines.push_back((side.deadline, key, id));
+            let conn = Connection::new(socket, peer, id, decoder, Transport::Side(side), now);
+            entry.insert(conn).wants_writable = true;
+            if self.shutdown_deadline.is_some() {
+                self.closing
+                    .push((key, DisconnectReason::Shutdown { owed: false }));
+            }
+            debug!(peer = %peer, event_loop = self.index, "connected (HTTP)");
+            return;
+        }
+        let conn = entry.insert(Connection::new(
+            socket,
+            peer,
+            id,
+            decoder,
+            Transport::Tcp,
+            now,
+        ));
+        self.fanout.join(key, conn, join_at);
         if self.shutdown_deadline.is_some() {
             // Accepted just before shutdown began: it is drained like the others.
             self.fanout.visit_all_soon();
         }
         debug!(peer = %peer, event_loop = self.index, "connected");
+    }
+
+    /// Reads, answers or upgrades a side connection (see [`Side::drive`]).
+    fn drive_side(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Transport::Side(side) = &mut conn.transport else {
+            return;
+        };
+        match side.drive(&mut conn.socket, &self.origins) {
+            SideEvent::Pending => {}
+            SideEvent::Done(reason) => self.closing.push((key, reason)),
+            SideEvent::Upgrade { accept, rest } => self.upgrade(key, &accept, rest),
+        }
+    }
+
+    /// An HTTP connection upgraded: it becomes a WebSocket receiver of the messages sequenced
+    /// from now on, its `101` the first thing it is written.
+    fn upgrade(&mut self, key: usize, accept: &str, rest: bytes::BytesMut) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let ws = WsState::new(self.config.max_message, self.config.protocol, accept, rest);
+        conn.transport = Transport::Ws(Box::new(ws));
+        if let Err(e) =
+            self.poll
+                .registry()
+                .reregister(&mut conn.socket, Token(key), Interest::READABLE)
+        {
+            self.closing.push((key, DisconnectReason::Reset(e)));
+            return;
+        }
+        conn.wants_writable = false;
+        conn.blocked = false;
+        let join_at = self.sequencer.join_point(&self.fanout.log, None);
+        self.fanout.join(key, conn, join_at);
+        self.fanout.wake(key, conn);
+        // Frames that came with the head, and whatever the socket holds beyond it.
+        conn.queued = true;
+        self.read_queue.push_back((key, conn.id));
+        debug!(peer = %conn.peer, event_loop = self.index, "upgraded to WebSocket");
     }
 
     fn on_signal(&mut self, now: Instant) {
@@ -437,6 +560,10 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // closed earlier in this batch
         };
+        if !conn.is_member() {
+            self.drive_side(key);
+            return;
+        }
         if event.is_writable() && conn.blocked {
             conn.blocked = false;
             self.fanout.wake(key, conn);
@@ -477,6 +604,10 @@ impl EventLoop {
             let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
                 continue;
             };
+            if !conn.is_member() {
+                conn.queued = false; // driven by its own events
+                continue;
+            }
             let result = if draining {
                 conn.discard(&mut self.bufs.scratch, READ_BUDGET, now)
             } else {
@@ -491,6 +622,9 @@ impl EventLoop {
             self.sequencer
                 .sequence(&mut self.bufs.batch, &mut self.fanout.log);
             self.bufs.shrink(read);
+            if matches!(&conn.transport, Transport::Ws(ws) if ws.has_ctrl()) {
+                self.fanout.wake(key, conn); // a pong to write
+            }
             match result {
                 Ok(Input::More) => self.read_queue.push_back((key, id)),
                 Ok(Input::Drained) => conn.queued = false,
@@ -509,13 +643,54 @@ impl EventLoop {
         }
     }
 
-    /// Closes the connections queued in `closing`, logging each with its peer and reason.
+    /// Closes the connections queued in `closing`, logging each with its peer and reason. A
+    /// WebSocket client closed for a reason a close frame says is sent that frame first (it
+    /// leaves the receivers and closes once the frame was taken and the client closed).
     fn close_pending(&mut self, now: Instant) {
-        for (key, reason) in self.closing.drain(..) {
+        while !self.closing.is_empty() {
+            let mut closing = std::mem::take(&mut self.closing);
+            for (key, reason) in closing.drain(..) {
+                self.close(key, reason, now);
+            }
+            if self.closing.is_empty() {
+                self.closing = closing; // keeps its capacity
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize, reason: DisconnectReason, now: Instant) {
+        let draining = self.shutdown_deadline.is_some();
+        if let Some(conn) = self.conns.get_mut(key) {
+            let ws = matches!(conn.transport, Transport::Ws(_));
+            if let Some(frame) = web::close_frame_for(&reason).filter(|_| ws && !draining) {
+                self.fanout
+                    .leave((conn.member_index, conn.id), &mut self.conns);
+                let conn = &mut self.conns[key];
+                conn.say_goodbye(frame, reason, now);
+                let registered = self.poll.registry().reregister(
+                    &mut conn.socket,
+                    Token(key),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+                if let Err(e) = registered {
+                    self.closing.push((key, DisconnectReason::Reset(e)));
+                    return;
+                }
+                conn.wants_writable = true;
+                self.side_deadlines
+                    .push_back((now + web::SIDE_TIMEOUT, key, conn.id));
+                self.drive_side(key);
+                return;
+            }
+        }
+        {
             let Some(mut conn) = self.conns.try_remove(key) else {
-                continue; // already closed for an earlier reason this turn
+                return; // already closed for an earlier reason this turn
             };
-            self.fanout.leave(&conn, &mut self.conns);
+            if conn.is_member() {
+                self.fanout
+                    .leave((conn.member_index, conn.id), &mut self.conns);
+            }
             self.board.closed(self.index);
             // Closing the socket removes it from epoll anyway; a failure here changes nothing.
             let _ = self.poll.registry().deregister(&mut conn.socket);
@@ -532,11 +707,11 @@ impl EventLoop {
             drop(conn);
             if reason.is_quiet() {
                 debug!(peer = %peer, dropped, "disconnected: {reason}");
-                continue;
+                return;
             }
             // Clients can cause these by the thousand: one line a second per kind.
             let Some(suppressed) = self.log_limit.allow(reason.kind(), now) else {
-                continue;
+                return;
             };
             if reason.is_failure() {
                 warn!(peer = %peer, dropped, suppressed, "disconnected: {reason}");
@@ -557,6 +732,7 @@ impl EventLoop {
             self.shutdown_deadline,
         ) {
             if now >= at {
+                let mut pinged = Vec::new();
                 let log = &self.fanout.log;
                 for &(key, _) in self.fanout.members() {
                     let Some(conn) = self.conns.get(key) else {
@@ -565,9 +741,20 @@ impl EventLoop {
                     // A client that closed its side and is still being sent its backlog is
                     // not idle: it has nothing more to send.
                     let owed_after_eof = conn.eof_at.is_some() && conn.cursor.is_behind(log);
-                    if !owed_after_eof && now.saturating_duration_since(conn.last_input) >= timeout
-                    {
+                    let quiet = now.saturating_duration_since(conn.last_input);
+                    if !owed_after_eof && quiet >= timeout {
                         self.closing.push((key, DisconnectReason::Idle(timeout)));
+                    } else if quiet >= timeout / 2 && matches!(conn.transport, Transport::Ws(_)) {
+                        // A WebSocket client is asked for a pong, which counts as input.
+                        pinged.push(key);
+                    }
+                }
+                for key in pinged {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        if let Transport::Ws(ws) = &mut conn.transport {
+                            ws.ping();
+                        }
+                        self.fanout.wake(key, conn);
                     }
                 }
                 self.close_pending(now);
@@ -577,6 +764,22 @@ impl EventLoop {
         if self.accept_more || self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept(now);
         }
+        while let Some(&(deadline, key, id)) = self.side_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.side_deadlines.pop_front();
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+                continue;
+            };
+            if let Transport::Side(side) = &mut conn.transport {
+                if side.deadline <= now {
+                    let reason = side.end(DisconnectReason::HttpTimeout);
+                    self.closing.push((key, reason));
+                }
+            }
+        }
+        self.close_pending(now);
     }
 
     /// Says how many lines of each kind were not written since the last one (all of them at
@@ -592,9 +795,21 @@ impl EventLoop {
             return;
         }
         // Close the listener before saying so: whoever reads the log line may rely on it.
-        if let Some(mut listener) = self.listener.take() {
+        for mut listener in [self.listener.take(), self.http_listener.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        // HTTP requests not answered yet, and WebSocket clients being closed, are no
+        // receivers: nothing is owed to them.
+        for (key, conn) in &self.conns {
+            if !conn.is_member() {
+                self.closing
+                    .push((key, DisconnectReason::Shutdown { owed: false }));
+            }
+        }
+        self.close_pending(now);
         // Nothing is accepted any more: no pause to wait out.
         self.accept_paused_until = None;
         self.accept_more = false;

@@ -168,10 +168,11 @@ impl Fanout {
         }
     }
 
-    /// A connection removed from the slab leaves.
-    pub fn leave(&mut self, conn: &Connection, conns: &mut Slab<Connection>) {
-        let i = conn.member_index;
-        debug_assert_eq!(self.members.get(i).map(|m| m.1), Some(conn.id));
+    /// A connection stops receiving: it was removed from the slab, or is no receiver any more
+    /// (a WebSocket client being sent its close frame). `member` is its `(member_index, id)`.
+    pub fn leave(&mut self, member: (usize, u64), conns: &mut Slab<Connection>) {
+        let (i, id) = member;
+        debug_assert_eq!(self.members.get(i).map(|m| m.1), Some(id));
         self.members.swap_remove(i);
         if let Some(&(moved, _)) = self.members.get(i) {
             if let Some(c) = conns.get_mut(moved) {
@@ -257,8 +258,8 @@ impl Fanout {
         while round.next < round.visit.len() && writes < WRITES_PER_STEP {
             let (key, id) = round.visit[round.next];
             round.next += 1;
-            let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {
-                continue; // closed since the round began
+            let Some(conn) = conns.get_mut(key).filter(|c| c.id == id && c.is_member()) else {
+                continue; // closed (or being closed) since the round began
             };
             if !round.full {
                 // Its entry in the woken list is this one. (A full round leaves the flag: the
@@ -271,7 +272,7 @@ impl Fanout {
                     continue;
                 }
             }
-            if !conn.blocked && conn.cursor.is_behind(log) {
+            if !conn.blocked && conn.wants_write(log) {
                 writes += 1;
                 let result = conn
                     .flush(log, policy.echo_self)
@@ -285,8 +286,17 @@ impl Fanout {
                 closing.push((key, DisconnectReason::Closed));
                 continue;
             }
-            if policy.draining && !conn.write_shut && !conn.cursor.is_behind(log) {
-                if let Err(e) = conn.shut_write() {
+            if policy.draining && !conn.write_shut && !conn.blocked && !conn.cursor.is_behind(log) {
+                let shut = conn.shut_write().and_then(|shut| {
+                    // Not shut yet: a close frame waits for the socket to take it.
+                    let flushed = if shut {
+                        Flushed::CaughtUp
+                    } else {
+                        Flushed::Blocked
+                    };
+                    set_writable_interest(registry, key, conn, flushed)
+                });
+                if let Err(e) = shut {
                     closing.push((key, DisconnectReason::Reset(e)));
                     continue;
                 }

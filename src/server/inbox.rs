@@ -66,6 +66,11 @@ impl Inbox {
         }
     }
 
+    /// The wire format this client speaks.
+    pub fn protocol(&self) -> crate::protocol::Protocol {
+        self.decoder.protocol()
+    }
+
     /// Bytes held for an incomplete message (its buffer's capacity, which is what it costs).
     pub fn held(&self) -> usize {
         self.partial.capacity()

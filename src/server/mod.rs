@@ -19,6 +19,7 @@ mod log;
 mod ratelimit;
 mod sequencer;
 mod timer;
+mod web;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -146,6 +147,8 @@ pub struct Server {
     board: Arc<Board>,
     /// The address actually bound (with the real port when asked for port 0).
     local_addr: SocketAddr,
+    /// The HTTP listener's address (`--http`), with its real port.
+    http_addr: Option<SocketAddr>,
     config: Arc<ServerConfig>,
 }
 
@@ -183,6 +186,19 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let http = match config.http {
+            Some(addr) => {
+                let listener =
+                    listener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|(_, addr)| *addr);
+        let mut http_listener = http.map(|(listener, _)| listener);
         let mut setups = Vec::with_capacity(config.threads);
         let mut wakers = Vec::with_capacity(config.threads);
         for _ in 0..config.threads {
@@ -205,6 +221,7 @@ impl Server {
                 index,
                 setup,
                 listener.take(),
+                http_listener.take(),
                 Arc::clone(&config),
                 Arc::clone(&board),
                 sequencer,
@@ -214,6 +231,7 @@ impl Server {
             loops,
             board,
             local_addr,
+            http_addr,
             config,
         })
     }
@@ -221,6 +239,11 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address HTTP and WebSocket clients connect to (`--http`), if served.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Makes SIGINT and SIGTERM start a graceful shutdown.

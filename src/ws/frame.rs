@@ -8,7 +8,7 @@
 use std::io::Cursor;
 
 use bytes::{Bytes, BytesMut};
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+pub use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 /// Close codes this server sends (RFC 6455 section 7.4.1).

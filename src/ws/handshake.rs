@@ -35,7 +35,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn line(self) -> &'static str {
+    /// The status line's code and text, e.g. `404 Not Found`.
+    pub fn line(self) -> &'static str {
         match self {
             Status::BadRequest => "400 Bad Request",
             Status::Forbidden => "403 Forbidden",
@@ -98,6 +99,9 @@ pub fn parse(buf: &[u8], origins: &Origins) -> Parsed {
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Incomplete,
         Ok(httparse::Status::Partial) => {
             return refuse(Status::BadRequest, "head over 8 KiB", buf.len())
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return refuse(Status::BadRequest, "more than 64 header lines", buf.len())
         }
         Err(_) => return refuse(Status::BadRequest, "malformed request head", buf.len()),
     };

@@ -2,6 +2,8 @@
 //! sockets, and wait for events under a deadline (never for a fixed time).
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod ws;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -120,6 +122,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Output,
+    /// What the server printed on stdout (its listening lines).
+    pub stdout: Output,
 }
 
 impl Server {
@@ -151,7 +155,21 @@ impl Server {
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            log,
+            stdout,
+        }
+    }
+
+    /// The `--http` address, from the `http on IP:PORT` line printed after `listening on`.
+    pub fn http_addr(&self) -> SocketAddr {
+        let line = self.stdout.wait_for(&["http on "]);
+        line.rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     pub fn connect(&self) -> Client {

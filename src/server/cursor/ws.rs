@@ -5,6 +5,8 @@
 use std::io::{self, IoSlice, Write};
 use std::mem::MaybeUninit;
 
+use bytes::Bytes;
+
 use super::{Cursor, Flushed, MAX_IOV, MAX_WRITE};
 use crate::protocol::{Protocol, FRAME_HEADER_LEN};
 use crate::server::log::{Entry, Log};
@@ -108,6 +110,21 @@ impl Cursor {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Takes what is left of a message a write stopped inside (the rest of its frame header,
+    /// then of its payload): a receiver being closed is sent that before its close frame.
+    pub fn take_unsent(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let head = std::mem::take(&mut self.head);
+        if !head.rest().is_empty() {
+            out.push(Bytes::copy_from_slice(head.rest()));
+        }
+        if let Some(rest) = self.partial.take() {
+            out.push(rest);
+        }
+        self.partial_owned = false;
+        out
     }
 
     /// Moves the cursor over `written` bytes of what `flush_ws` offered.

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use mio::{Interest, Token};
 
 use super::*;
+use crate::server::connection::Transport;
 
 #[test]
 fn a_receiver_that_joins_during_a_round_keeps_what_it_needs() {
@@ -110,7 +111,14 @@ fn connections_joining_at(
             .register(&mut socket, Token(key), Interest::READABLE)
             .unwrap();
         let decoder = Decoder::new(Protocol::Line, 1024);
-        let conn = entry.insert(Connection::new(socket, peer, id, decoder, Instant::now()));
+        let conn = entry.insert(Connection::new(
+            socket,
+            peer,
+            id,
+            decoder,
+            Transport::Tcp,
+            Instant::now(),
+        ));
         fanout.join(key, conn, join_at);
     }
     (conns, clients)
@@ -161,7 +169,7 @@ fn a_receiver_joining_a_round_whose_receivers_all_left_keeps_its_messages() {
     // Start the round (it visits the one receiver), without letting it finish yet.
     fanout.start_round(&mut conns, t0);
     let leaving = conns.remove(0);
-    fanout.leave(&leaving, &mut conns);
+    fanout.leave((leaving.member_index, leaving.id), &mut conns);
     drop(leaving);
     let (mut joined, _more_clients) = connections(&mut fanout, &poll, 1..2);
     // The new receiver took slot 0 of its own slab; move it into the round's slab.
