@@ -213,7 +213,7 @@ fn an_unmasked_client_frame_closes_with_1002() {
 
 #[test]
 fn bad_requests_get_their_status() {
-    let (server, http) = start(&["--allowed-origin", "https://friend.example"]);
+    let (_server, http) = start(&[]);
     let cases: &[(&str, &str)] = &[
         ("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", "404"),
         ("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
@@ -232,6 +232,11 @@ fn bad_requests_get_their_status() {
             "{request:?}: {head}"
         );
     }
+}
+
+#[test]
+fn an_upgrade_from_another_origin_gets_403_unless_allowed() {
+    let (server, http) = start(&["--allowed-origin", "https://friend.example"]);
     let with_origin = |origin: &str| {
         UPGRADE.replace(
             "Host: 127.0.0.1\r\n",
@@ -241,6 +246,7 @@ fn bad_requests_get_their_status() {
     let mut raw = RawHttp::connect(http);
     raw.send(with_origin("https://evil.example").as_bytes());
     assert!(raw.read_head().starts_with("HTTP/1.1 403"));
+    drop(raw);
     for allowed in ["https://friend.example", "http://127.0.0.1"] {
         let mut raw = RawHttp::connect(http);
         raw.send(with_origin(allowed).as_bytes());
@@ -285,4 +291,137 @@ fn a_slow_websocket_client_is_cut_off_like_a_tcp_one() {
     assert_eq!(got.len(), 4000 * 1001, "the TCP client got everything");
     server.log.wait_for(&["slow consumer"]);
     drop(slow);
+}
+
+#[test]
+fn ten_thousand_idle_websocket_clients_fit_in_32_mib_like_tcp_ones() {
+    let (server, http) = start(&[]);
+    // Upgrade requests sent back to back, the answers read after: fast, and each client's
+    // upgrade is complete (101 read) before the marker is sent.
+    let mut clients: Vec<RawHttp> = (0..10_000)
+        .map(|_| {
+            let mut raw = RawHttp::connect(http);
+            raw.send(UPGRADE.as_bytes());
+            raw
+        })
+        .collect();
+    for c in &mut clients {
+        let head = c.read_head();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    }
+    clients
+        .last_mut()
+        .unwrap()
+        .send(&client_frame(1, b"ready", true));
+    for c in &mut clients {
+        assert_eq!(c.read_frame(), (1, b"ready".to_vec()));
+    }
+    let rss = server.rss();
+    assert!(
+        rss < 32 << 20,
+        "RSS with 10,000 idle WebSocket clients: {} MiB",
+        rss >> 20
+    );
+}
+
+#[test]
+fn websocket_and_tcp_clients_on_two_loops_see_one_order() {
+    let (server, http) = start(&["--threads", "2"]);
+    let mut tcps: Vec<util::Client> = (0..3).map(|_| server.connect()).collect();
+    let mut wss: Vec<Ws> = (0..3).map(|_| Ws::connect(http)).collect();
+    wss[2].send_text("ready");
+    for t in &mut tcps {
+        t.expect(b"ready\n");
+    }
+    for w in &mut wss {
+        assert_eq!(w.recv_text(), "ready");
+    }
+    const EACH: usize = 300;
+    let writers: Vec<_> = tcps
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut stream = t.stream.try_clone().unwrap();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                for n in 0..EACH {
+                    stream.write_all(format!("tcp{i} {n}\n").as_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for (i, w) in wss.iter_mut().enumerate() {
+        for n in 0..EACH {
+            w.send_text(&format!("ws{i} {n}"));
+        }
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    let total = 6 * EACH;
+    let mut sequences: Vec<Vec<String>> = Vec::new();
+    for t in &mut tcps {
+        let text = String::from_utf8(t.read_lines(total)).unwrap();
+        sequences.push(text.lines().map(str::to_owned).collect());
+    }
+    for w in &mut wss {
+        sequences.push((0..total).map(|_| w.recv_text()).collect());
+    }
+    for s in &sequences[1..] {
+        assert_eq!(s, &sequences[0], "receivers disagree on the order");
+    }
+    // Each publisher's own order is kept.
+    for p in ["tcp0", "tcp1", "tcp2", "ws0", "ws1", "ws2"] {
+        let mine: Vec<usize> = sequences[0]
+            .iter()
+            .filter_map(|m| m.strip_prefix(&format!("{p} ")))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(mine, (0..EACH).collect::<Vec<_>>(), "{p}'s messages");
+    }
+}
+
+#[test]
+fn keepalive_pings_are_sent_and_pongs_count_as_input() {
+    let (server, http) = start(&["--idle-timeout", "0.4"]);
+    let mut answering = RawHttp::upgrade(http);
+    let silent = RawHttp::upgrade(http);
+    // Over three idle timeouts, the answering client is pinged and answers each time.
+    for _ in 0..3 {
+        let (op, payload) = answering.read_frame();
+        assert_eq!(op, 9, "a ping");
+        answering.send(&client_frame(10, &payload, true));
+    }
+    // The silent one was cut off as idle; the answering one is still served.
+    server.log.wait_for(&["idle"]);
+    answering.send(&client_frame(1, b"alive", true));
+    loop {
+        match answering.read_frame() {
+            (9, payload) => answering.send(&client_frame(10, &payload, true)),
+            frame => {
+                assert_eq!(frame, (1, b"alive".to_vec()));
+                break;
+            }
+        }
+    }
+    drop(silent);
+}
+
+#[test]
+fn at_shutdown_websocket_clients_get_everything_then_a_going_away_close() {
+    let (server, http) = start(&[]);
+    let mut tcp = server.connect();
+    let mut raw = RawHttp::upgrade(http);
+    raw.send(&client_frame(1, b"ready", true));
+    tcp.expect(b"ready\n");
+    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    for i in 0..1000 {
+        tcp.send(format!("line {i}\n").as_bytes());
+    }
+    tcp.read_lines(1000);
+    server.signal(libc::SIGTERM);
+    for i in 0..1000 {
+        assert_eq!(raw.read_frame(), (1, format!("line {i}").into_bytes()));
+    }
+    assert_eq!(raw.read_close_code(), 1001);
 }
