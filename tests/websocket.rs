@@ -345,7 +345,9 @@ fn websocket_and_tcp_clients_on_two_loops_see_one_order() {
             std::thread::spawn(move || {
                 use std::io::Write;
                 for n in 0..EACH {
-                    stream.write_all(format!("tcp{i} {n}\n").as_bytes()).unwrap();
+                    stream
+                        .write_all(format!("tcp{i} {n}\n").as_bytes())
+                        .unwrap();
                 }
             })
         })
@@ -424,4 +426,68 @@ fn at_shutdown_websocket_clients_get_everything_then_a_going_away_close() {
         assert_eq!(raw.read_frame(), (1, format!("line {i}").into_bytes()));
     }
     assert_eq!(raw.read_close_code(), 1001);
+}
+
+/// The smallest WebSocket messages (6-byte empty frames), flooded by several clients while a
+/// receiver never reads, are bounded like empty lines: each counts its bookkeeping, and a read
+/// takes no more such frames than the round's budget left allows.
+#[test]
+fn a_flood_of_empty_websocket_messages_is_bounded_like_large_messages() {
+    let (server, http) = start(&["--slow-consumer", "drop"]);
+    let stalled = util::Client::connect_small_buffer(server.addr);
+    let mut flooders: Vec<RawHttp> = (0..8).map(|_| RawHttp::upgrade(http)).collect();
+    flooders
+        .last_mut()
+        .unwrap()
+        .send(&client_frame(1, b"ready", true));
+    for c in &mut flooders {
+        assert_eq!(c.read_frame(), (1, b"ready".to_vec()));
+    }
+    let burst: Vec<u8> = (0..10_000)
+        .flat_map(|_| client_frame(1, b"", true))
+        .collect();
+    let senders: Vec<_> = flooders
+        .iter()
+        .map(|c| {
+            let mut sink = c.stream.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(std::io::Read::read(&mut sink, &mut buf), Ok(n) if n > 0) {}
+            });
+            let mut out = c.stream.try_clone().unwrap();
+            let burst = burst.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                // 60,000 empty messages (360 KB) each.
+                for _ in 0..6 {
+                    if out.write_all(&burst).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let mut probe = server.connect();
+    for (i, c) in flooders.iter_mut().enumerate() {
+        let marker = format!("done {i}");
+        c.send(&client_frame(1, marker.as_bytes(), true));
+        probe.skip_past(format!("{marker}\n").as_bytes());
+    }
+    assert!(
+        util::server_side_of(stalled.local_addr(), server.addr).is_some(),
+        "the stalled client was cut off"
+    );
+    let peak = server.peak_rss();
+    assert!(
+        peak < 24 << 20,
+        "peak RSS with 8 clients flooding empty WebSocket messages: {} MiB",
+        peak >> 20
+    );
+    for c in &flooders {
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+    }
+    drop(stalled);
 }

@@ -449,16 +449,26 @@ impl WsState {
 /// The shortest client frame: two bytes of header and four of mask.
 const FRAME_MIN: usize = 6;
 
-/// The messages of one read being stored in the server's wire form.
+/// A message whose wire form is longer than this gets a buffer of exactly its size; shorter
+/// ones are packed into [`WIRE_BLOCK`]s, so a block's unused tail, left when the next message
+/// does not fit, is under a sixteenth of it.
+const OWN_BUFFER: usize = 4 * 1024;
+
+/// Size of a block short messages are packed into, shared by the messages of many reads.
+const WIRE_BLOCK: usize = 64 * 1024;
+
+/// The messages of one read being stored in the server's wire form, in order.
 struct Decoded<'a> {
-    /// The block being built ([`ReadBuffers::wire`]).
+    /// The block short messages are being packed into ([`ReadBuffers::wire`]).
     block: &'a mut BytesMut,
     batch: &'a mut Vec<Entry>,
     overhead: usize,
     wire: Protocol,
     origin: u64,
-    /// (start in `block`, length, binary) of each message.
+    /// (start in `block`, length, binary) of each message packed since the last flush.
     spans: Vec<(usize, usize, bool)>,
+    /// What the messages pushed count against `--max-pending`.
+    held: usize,
 }
 
 impl<'a> Decoded<'a> {
@@ -476,10 +486,11 @@ impl<'a> Decoded<'a> {
             wire,
             origin,
             spans: Vec::new(),
+            held: 0,
         }
     }
 
-    /// One message from the client: its wire form is appended to the block being built.
+    /// One message from the client, stored in the server's wire form.
     fn message(&mut self, text: bool, payload: &[u8]) -> Result<(), DisconnectReason> {
         if self.wire == Protocol::Line && memchr::memchr(b'\n', payload).is_some() {
             return Err(DisconnectReason::WsProtocol(FrameError {
@@ -490,29 +501,56 @@ impl<'a> Decoded<'a> {
         if self.wire == Protocol::Raw && payload.is_empty() {
             return Ok(()); // carries nothing
         }
+        let most = payload.len() + crate::protocol::FRAME_HEADER_LEN;
+        if most > OWN_BUFFER {
+            // Those packed before it go first: the batch keeps the client's order.
+            self.flush();
+            let mut own = BytesMut::with_capacity(most);
+            self.wire.encode(payload, &mut own);
+            self.push(own.freeze(), 0, !text);
+            return Ok(());
+        }
+        if self.block.capacity() - self.block.len() < most {
+            self.flush();
+            *self.block = BytesMut::with_capacity(WIRE_BLOCK);
+        }
         let start = self.block.len();
-        self.block
-            .reserve(payload.len() + crate::protocol::FRAME_HEADER_LEN + 1);
         self.wire.encode(payload, self.block);
         self.spans.push((start, self.block.len() - start, !text));
         Ok(())
     }
 
-    /// Freezes the block and appends the messages to the batch; returns what they count.
-    fn finish(self) -> usize {
+    /// Appends the message `block[start..]` to the batch.
+    fn push(&mut self, block: Bytes, start: usize, binary: bool) {
+        let len = block.len() - start;
+        if let Some(mut entry) = Entry::new(block, start, len, self.origin) {
+            entry.set_binary(binary);
+            self.held += log::counted(len, self.overhead);
+            self.batch.push(entry);
+        }
+    }
+
+    /// Appends the packed messages to the batch, sharing their part of the block.
+    fn flush(&mut self) {
         if self.spans.is_empty() {
-            return 0;
+            return;
         }
         let block = self.block.split().freeze();
-        let mut held = 0;
-        for (start, len, binary) in self.spans {
-            if let Some(mut entry) = Entry::new(block.clone(), start, len, self.origin) {
+        let base = self.spans[0].0;
+        for (start, len, binary) in std::mem::take(&mut self.spans) {
+            let at = start - base;
+            if let Some(mut entry) = Entry::new(block.clone(), at, len, self.origin) {
                 entry.set_binary(binary);
-                held += log::counted(len, self.overhead);
+                self.held += log::counted(len, self.overhead);
                 self.batch.push(entry);
             }
         }
-        held
+    }
+
+    /// Appends what is left to the batch; returns what the read's messages count.
+    fn finish(mut self) -> usize {
+        self.flush();
+        self.held
     }
 }
 
