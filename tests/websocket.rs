@@ -491,3 +491,52 @@ fn a_flood_of_empty_websocket_messages_is_bounded_like_large_messages() {
     }
     drop(stalled);
 }
+
+/// Sends a 6 MiB line from TCP to a WebSocket client that reads slowly, and returns once the
+/// client has the frame header (the server is now inside the message).
+fn inside_a_big_message(args: &[&str]) -> (Server, util::Client, RawHttp, usize) {
+    let mut all = vec!["--max-message", "8MiB", "--max-pending", "32MiB"];
+    all.extend_from_slice(args);
+    let (server, http) = start(&all);
+    let mut tcp = server.connect();
+    let mut raw = RawHttp::upgrade_small_buffer(http);
+    raw.send(&client_frame(1, b"ready", true));
+    tcp.expect(b"ready\n");
+    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    tcp.discard_input();
+    let mut big = vec![b'x'; 6 << 20];
+    big.push(b'\n');
+    tcp.send(&big);
+    let (op, len) = raw.read_frame_head();
+    assert_eq!((op, len), (1, 6 << 20));
+    (server, tcp, raw, len)
+}
+
+fn read_payload(raw: &mut RawHttp, len: usize) {
+    let mut rest = vec![0u8; len];
+    std::io::Read::read_exact(&mut raw.stream, &mut rest).expect("the payload");
+    assert!(
+        rest.iter().all(|&b| b == b'x'),
+        "a control frame inside the message"
+    );
+}
+
+#[test]
+fn a_pong_goes_out_after_the_message_under_way_not_inside_it() {
+    let (_server, _tcp, mut raw, len) = inside_a_big_message(&[]);
+    raw.send(&client_frame(9, b"ping!", true));
+    read_payload(&mut raw, len);
+    assert_eq!(raw.read_frame(), (10, b"ping!".to_vec()));
+}
+
+#[test]
+fn a_close_reply_goes_out_after_the_message_under_way() {
+    let (_server, _tcp, mut raw, len) = inside_a_big_message(&[]);
+    raw.send(&client_frame(8, &1000u16.to_be_bytes(), true));
+    read_payload(&mut raw, len);
+    assert_eq!(raw.read_close_code(), 1000);
+    assert!(
+        raw.read_to_end().is_empty(),
+        "nothing after the close frame"
+    );
+}

@@ -133,7 +133,41 @@ impl RawHttp {
 
     /// Upgrades, checking the 101.
     pub fn upgrade(http: SocketAddr) -> RawHttp {
-        let mut raw = RawHttp::connect(http);
+        RawHttp::upgrade_on(RawHttp::connect(http))
+    }
+
+    /// Upgrades a client with a 4 KiB receive buffer, so the server blocks writing to it.
+    pub fn upgrade_small_buffer(http: SocketAddr) -> RawHttp {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&http.into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        RawHttp::upgrade_on(RawHttp { stream })
+    }
+
+    /// Reads the header of the next server frame: (opcode, payload length).
+    pub fn read_frame_head(&mut self) -> (u8, usize) {
+        let mut head = [0u8; 2];
+        self.stream.read_exact(&mut head).expect("frame header");
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                self.stream.read_exact(&mut l).unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            127 => {
+                let mut l = [0u8; 8];
+                self.stream.read_exact(&mut l).unwrap();
+                u64::from_be_bytes(l) as usize
+            }
+            n => n as usize,
+        };
+        (head[0] & 0x0f, len)
+    }
+
+    fn upgrade_on(mut raw: RawHttp) -> RawHttp {
         raw.send(UPGRADE.as_bytes());
         let head = raw.read_head();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
