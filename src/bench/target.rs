@@ -107,6 +107,7 @@ impl Target {
                 out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
                 out.extend_from_slice(format!("SUB {CHANNEL} 1\r\nPING\r\n").as_bytes());
             }
+            // Servers that relay to all: a subscriber opens like any connection.
             _ => self.greet(endpoint, out),
         }
     }
