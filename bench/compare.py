@@ -14,6 +14,10 @@ CPU 1, so they share it: each run also reports the load generator's own CPU use)
 
 --baseline PATH adds base-line and base-frame: an older mob binary started exactly like mob-line
 and mob-frame (the bench client is always target/release/mob), run in the same rounds.
+
+WebSocket servers run only when named in --servers: ws-node (the Node `ws` broadcast peer in
+bench/ws-peer; run `npm ci` there first) and mob-ws (mob serve --protocol frame --http, the bench
+on its HTTP port's /ws), both loaded with `mob bench --target ws`/`mob-ws`.
 """
 
 import argparse
@@ -21,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -28,6 +33,8 @@ import sys
 import time
 
 MOB = "target/release/mob"
+NODE = shutil.which("node") or "node"
+WS_PEER = "bench/ws-peer"
 SERVER_CPU, BENCH_CPU = "0", "1"
 
 WORKLOADS = {
@@ -50,6 +57,12 @@ def mob_serve(binary, protocol, threads=None):
                       "--no-echo-self", "--max-connections", "20000"] + extra
 
 
+def mob_serve_http(binary, protocol):
+    """`binary serve` with the port on --http (what the bench loads); TCP on any free port."""
+    return lambda p: [binary, "serve", "--listen", "127.0.0.1:0", "--http", f"127.0.0.1:{p}",
+                      "--protocol", protocol, "--no-echo-self", "--max-connections", "20000"]
+
+
 # name: (command for a port, bench target)
 SERVERS = {
     "ncat": (lambda p: ["ncat", "--listen", "--broker", "--max-conns", "20000", "127.0.0.1", str(p)], "mob-line"),
@@ -60,7 +73,10 @@ SERVERS = {
     "mob-frame": (mob_serve(MOB, "frame"), "mob-frame"),
     "mob-line-t2": (mob_serve(MOB, "line", 2), "mob-line"),
     "mob-frame-t2": (mob_serve(MOB, "frame", 2), "mob-frame"),
+    "ws-node": (lambda p: [NODE, f"{WS_PEER}/server.js", "--port", str(p)], "ws"),
+    "mob-ws": (mob_serve_http(MOB, "frame"), "mob-ws"),
 }
+OPT_IN = ["ws-node", "mob-ws"]  # run only when named in --servers
 SERVER_CPUS = {"mob-line-t2": "0,1", "mob-frame-t2": "0,1"}  # default: SERVER_CPU
 PEERS = ["ncat", "redis", "nats"]
 MOBS = ["mob-line", "mob-frame"]
@@ -286,12 +302,12 @@ def clean(row):
     return row and row["delivered_per_s"] and not any(row[k] for k in ["lost", "duplicated", "out_of_order", "corrupt", "disconnects"])
 
 
-def ratios(table, workloads):
+def ratios(table, workloads, mob_servers=MOBS, peer_servers=PEERS):
     """mob (best of line and frame) against the best clean peer, on each workload's figure."""
     lines = ["| workload | figure | best mob | best peer | mob / peer |", "|---|---|---|---|---:|"]
     for w in workloads:
-        mobs = [(s, table.get((s, w))) for s in MOBS if clean(table.get((s, w)))]
-        peers = [(s, table.get((s, w))) for s in PEERS if clean(table.get((s, w)))]
+        mobs = [(s, table.get((s, w))) for s in mob_servers if clean(table.get((s, w)))]
+        peers = [(s, table.get((s, w))) for s in peer_servers if clean(table.get((s, w)))]
         if not mobs or not peers:
             lines.append(f"| {w} | – | {'ok' if mobs else 'none clean'} | {'ok' if peers else 'none clean'} | – |")
             continue
@@ -318,7 +334,7 @@ def main():
     ap.add_argument("--warmup", type=float, default=1, help="seconds run before measuring")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of " + ", ".join(WORKLOADS))
     ap.add_argument("--servers", help="comma-separated, of " + ", ".join(list(SERVERS) + list(BASES))
-                    + " [default: all; base-* only with --baseline]")
+                    + " [default: all but " + ", ".join(OPT_IN) + "; base-* only with --baseline]")
     ap.add_argument("--baseline", metavar="PATH",
                     help="an older mob binary, run as base-line and base-frame beside mob-line and mob-frame")
     ap.add_argument("--out", default="target/compare.json", help="raw results (every run) as JSON")
@@ -343,6 +359,9 @@ def main():
     print(markdown(table, servers, workloads))
     print("\n## mob against the best peer\n")
     print(ratios(table, workloads))
+    if "mob-ws" in servers and "ws-node" in servers:
+        print("\n## mob-ws against ws-node\n")
+        print(ratios(table, workloads, ["mob-ws"], ["ws-node"]))
     print(f"\nRaw results: {args.out}")
 
 
@@ -357,7 +376,7 @@ def parse_selection(ap, args):
             ap.error(f"--baseline {args.baseline}: not an executable file")
         args.baseline = os.path.abspath(args.baseline)
         add_baseline(args.baseline)
-    servers = args.servers.split(",") if args.servers else list(SERVERS)
+    servers = args.servers.split(",") if args.servers else [s for s in SERVERS if s not in OPT_IN]
     bases = [s for s in servers if s in BASES and s not in SERVERS]
     if bases:
         ap.error(f"{', '.join(bases)}: only with --baseline PATH, the older mob binary to run as {' and '.join(BASES)}")
@@ -365,6 +384,13 @@ def parse_selection(ap, args):
     if unknown:
         known = list(SERVERS) + [b for b in BASES if b not in SERVERS]
         ap.error(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if "ws-node" in servers and not shutil.which(NODE):
+        ap.error("ws-node: node is not installed")
+    if "ws-node" in servers and not os.path.isdir(f"{WS_PEER}/node_modules/ws"):
+        ap.error(f"ws-node: run `npm ci` in {WS_PEER} first")
+    if "mob-ws" in servers and "--http" not in subprocess.run([MOB, "serve", "--help"], capture_output=True,
+                                                              text=True).stdout:
+        ap.error(f"mob-ws: {MOB} has no `serve --http` (build a mob with WebSocket support)")
     return workloads, servers
 
 
@@ -377,7 +403,7 @@ def machine():
         pass
     versions = {}
     for name, cmd in [("redis", ["redis-server", "--version"]), ("nats", ["nats-server", "--version"]),
-                      ("ncat", ["ncat", "--version"])]:
+                      ("ncat", ["ncat", "--version"]), ("node", [NODE, "--version"])]:
         try:
             versions[name] = subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
         except (OSError, IndexError):

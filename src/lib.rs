@@ -14,7 +14,8 @@
 //!   [`server::Log`]; each receiver is a [`server::Cursor`] into its loop's log, written with
 //!   vectored writes in flush rounds (`server/fanout.rs`).
 //! - [`chat`]: the interactive client behind `mob chat`.
-//! - [`bench`]: the load generator and checker behind `mob bench` (mob, Redis and NATS).
+//! - [`bench`]: the load generator and checker behind `mob bench` (mob, Redis, NATS and
+//!   WebSocket).
 //! - `sys.rs`: the two system calls made by hand (`read(2)` into spare capacity, the
 //!   open-files limit), shared by the server and the bench.
 //! - `main.rs`: the `mob` command line, nothing more.

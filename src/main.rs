@@ -30,7 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Interactive client: stdin lines go to the server, messages received go to stdout.
     Chat(ChatArgs),
-    /// Load generator: publishers and subscribers against mob, Redis or NATS, with checks.
+    /// Load generator: publishers and subscribers against mob, Redis, NATS or a WebSocket
+    /// broadcast server, with checks.
     Bench(BenchArgs),
 }
 
@@ -87,11 +88,14 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Server address [default: 127.0.0.1 and the target's usual port: 8000, 6379 or 4222].
+    /// Server address, host:port; for ws and mob-ws also ws://host:port/path (the path is / for
+    /// ws, /ws for mob-ws unless given) [default: 127.0.0.1 and the target's usual port: 8000,
+    /// 6379, 4222 or 8080].
     addr: Option<String>,
-    /// What the server speaks.
-    #[arg(long, default_value = "mob-line", value_parser = ["mob-line", "mob-frame", "mob-raw", "redis", "nats"])]
-    target: String,
+    /// What the server speaks: ws is any WebSocket broadcast server, mob-ws is mob's
+    /// `serve --http` port.
+    #[arg(long, default_value = "mob-line", value_parser = target_parser())]
+    target: Target,
     /// Subscriber connections (each receives every message).
     #[arg(long, default_value_t = 100, value_name = "N")]
     subscribers: usize,
@@ -177,8 +181,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--target`'s names, from the one list of targets.
+fn target_parser() -> impl clap::builder::TypedValueParser<Value = Target> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Target::ALL.map(Target::name))
+        .map(|name| name.parse().expect("a listed target parses"))
+}
+
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let target: Target = args.target.parse().map_err(anyhow::Error::msg)?;
+    let target = args.target;
     let config = BenchConfig {
         addr: args
             .addr

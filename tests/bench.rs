@@ -1,10 +1,12 @@
-//! `mob bench` against real servers: mob in every protocol, Redis and NATS, and a relay that
-//! loses and reorders on purpose (the checker must be able to fail).
+//! `mob bench` against real servers: mob in every protocol, Redis, NATS and a WebSocket
+//! broadcast server (the Node peer), and a relay that loses and reorders on purpose (the
+//! checker must be able to fail).
 
 mod util;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,7 +136,38 @@ fn bench_finds_no_loss_against_nats() {
     assert_clean(ok, &report);
 }
 
-/// A peer server (Redis, NATS) on a free loopback port, killed when dropped.
+#[test]
+fn bench_finds_no_loss_against_a_websocket_broadcast_server() {
+    // The Node `ws` peer: needs node, and `npm ci` run in bench/ws-peer.
+    let peer_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/ws-peer");
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: node is not installed");
+        return;
+    }
+    if !peer_dir.join("node_modules/ws").is_dir() {
+        eprintln!("SKIPPED: no bench/ws-peer/node_modules (run `npm ci` in bench/ws-peer)");
+        return;
+    }
+    let server = peer_dir.join("server.js").display().to_string();
+    let Some(peer) = Peer::start(
+        "node",
+        |port| vec![server.clone(), "--port".into(), port.to_string()],
+        "listening on",
+    ) else {
+        return;
+    };
+    let (ok, report) = bench(peer.addr, "ws", &["--publishers", "2"]);
+    assert_clean(ok, &report);
+    let path = format!("ws://{}/any/path", peer.addr);
+    let out = mob()
+        .args(["bench", &path, "--target", "ws", "--duration", "0.5"])
+        .args(["--warmup", "0", "--subscribers", "5", "--rate", "1000"])
+        .output()
+        .expect("run mob bench");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A peer server (Redis, NATS, Node) on a free loopback port, killed when dropped.
 struct Peer {
     child: Child,
     addr: SocketAddr,

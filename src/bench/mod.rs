@@ -14,6 +14,7 @@ mod check;
 pub mod payload;
 mod report;
 pub mod target;
+mod ws;
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -32,7 +33,7 @@ pub use report::Report;
 pub use target::Target;
 
 use payload::{Stamp, SYNC_PUBLISHER};
-use target::Item;
+use target::{Endpoint, Item};
 
 /// Longest wait for one connection: a server whose accept queue is full makes the kernel
 /// retry the handshake for minutes.
@@ -96,8 +97,9 @@ pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
     if let Err(e) = sys::raise_open_files_limit() {
         tracing::warn!("cannot raise the open-files limit: {e}");
     }
-    let addr = resolve(&config.addr)?;
-    let mut bench = Bench::connect(config, addr)?;
+    let endpoint = Endpoint::parse(&config.addr, config.target).map_err(anyhow::Error::msg)?;
+    let addr = resolve(&endpoint.authority)?;
+    let mut bench = Bench::connect(config, addr, &endpoint)?;
     bench.set_up()?;
     bench.measure()?;
     bench.drain()?;
@@ -129,11 +131,14 @@ struct Peer {
     /// Encoded but not yet written.
     out: BytesMut,
     open: bool,
+    /// The server answered the WebSocket upgrade (from the start for other targets): until
+    /// then the connection may send nothing more (RFC 6455 4.1).
+    upgraded: bool,
 }
 
 struct Subscriber {
     checker: Checker,
-    /// Subscription confirmed (Redis, NATS) or sync message seen (mob).
+    /// Subscription confirmed (Redis, NATS) or sync message seen (mob, WebSocket).
     ready: bool,
 }
 
@@ -185,7 +190,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn connect(config: BenchConfig, addr: SocketAddr) -> anyhow::Result<Bench> {
+    fn connect(config: BenchConfig, addr: SocketAddr, at: &Endpoint) -> anyhow::Result<Bench> {
         let poll = Poll::new()?;
         let mut peers = Vec::with_capacity(config.subscribers + config.publishers);
         let roles = (0..config.subscribers)
@@ -210,8 +215,8 @@ impl Bench {
             )?;
             let mut out = BytesMut::new();
             match role {
-                Role::Subscriber(_) => config.target.subscribe(&mut out),
-                Role::Publisher(_) => config.target.greet(&mut out),
+                Role::Subscriber(_) => config.target.subscribe(at, &mut out),
+                Role::Publisher(_) => config.target.greet(at, &mut out),
             }
             peers.push(Peer {
                 socket,
@@ -219,6 +224,7 @@ impl Bench {
                 tail: BytesMut::new(),
                 out,
                 open: true,
+                upgraded: !config.target.is_websocket(),
             });
         }
         let window = config.window;
@@ -253,29 +259,40 @@ impl Bench {
         })
     }
 
-    /// Waits until every subscriber is known to receive: confirmed subscriptions for Redis and
-    /// NATS; for mob, a sync message from the last publisher (connected after every subscriber)
-    /// that every subscriber must receive.
+    /// Waits until every connection may publish and every subscriber is known to receive:
+    /// WebSocket upgrades answered on every connection, publishers' too; then confirmed
+    /// subscriptions for Redis and NATS, or, for servers that relay to all (mob, WebSocket), a
+    /// sync message from the last publisher (connected after every subscriber) that every
+    /// subscriber must receive.
+    ///
+    /// # Notes
+    /// A WebSocket server's `101` alone does not prove the connection already receives what
+    /// others send (a server may register it afterwards), so WebSocket targets sync too.
     fn set_up(&mut self) -> anyhow::Result<()> {
-        if self.config.target.is_mob() {
-            let last = self.peers.len() - 1;
-            let stamp = Stamp {
-                publisher: SYNC_PUBLISHER,
-                seq: 0,
-                sent_ns: 0,
-            };
-            self.config
-                .target
-                .publish(stamp, self.config.size, &mut self.peers[last].out);
-        }
         for i in 0..self.peers.len() {
             self.write(i);
         }
+        let mut synced = false;
         let deadline = Instant::now() + SETUP_TIMEOUT;
         let mut events = Events::with_capacity(4096);
         loop {
+            let upgraded = self.peers.iter().filter(|p| p.upgraded).count();
+            let all_upgraded = upgraded == self.peers.len();
+            if all_upgraded && self.config.target.relays_to_all() && !synced {
+                let last = self.peers.len() - 1;
+                let stamp = Stamp {
+                    publisher: SYNC_PUBLISHER,
+                    seq: 0,
+                    sent_ns: 0,
+                };
+                self.config
+                    .target
+                    .publish(stamp, self.config.size, &mut self.peers[last].out);
+                self.write(last);
+                synced = true;
+            }
             let ready = self.subs.iter().filter(|s| s.ready).count();
-            if ready == self.subs.len() {
+            if all_upgraded && ready == self.subs.len() {
                 return Ok(());
             }
             if self.disconnects > 0 {
@@ -285,6 +302,14 @@ impl Bench {
                 );
             }
             let now = Instant::now();
+            if now >= deadline && !all_upgraded {
+                bail!(
+                    "only {upgraded} of {} connections were upgraded to WebSocket within \
+                     {SETUP_TIMEOUT:?}: does the server speak --target {}?",
+                    self.peers.len(),
+                    self.config.target
+                );
+            }
             if now >= deadline {
                 bail!(
                     "only {ready} of {} subscribers confirmed within {SETUP_TIMEOUT:?}: does the \
@@ -359,13 +384,24 @@ impl Bench {
         }
     }
 
-    /// Closes every connection cleanly: half-close, then read (and discard) until the server
-    /// closes too, for at most [`HANG_UP_TIMEOUT`]. Dropping sockets with unread input would
-    /// reset them, and a server rightly logs every reset as a client failure.
+    /// Closes every connection cleanly: goodbye (a WebSocket close frame) and half-close, then
+    /// read (and discard) until the server closes too, for at most [`HANG_UP_TIMEOUT`].
+    /// Dropping sockets with unread input would reset them, and a server rightly logs every
+    /// reset as a client failure.
     fn hang_up(&mut self) {
         self.hanging_up = true;
-        for peer in self.peers.iter().filter(|p| p.open) {
-            let _ = peer.socket.shutdown(std::net::Shutdown::Write);
+        for i in 0..self.peers.len() {
+            let peer = &mut self.peers[i];
+            if !peer.open {
+                continue;
+            }
+            // A peer still holding unsent bytes (an open-loop publisher the server fell behind)
+            // may have sent half a message: a goodbye behind it would be garbage.
+            if peer.out.is_empty() {
+                self.config.target.goodbye(&mut peer.out);
+                self.write(i);
+            }
+            let _ = self.peers[i].socket.shutdown(std::net::Shutdown::Write);
         }
         let deadline = Instant::now() + HANG_UP_TIMEOUT;
         let mut events = Events::with_capacity(4096);
@@ -598,9 +634,11 @@ impl Bench {
     fn handle_input(&mut self, i: usize, buf: &mut BytesMut, now_ns: u64) -> bool {
         let target = self.config.target;
         let role = self.peers[i].role;
-        // mob sends publishers what others publish: not what is measured. And once the run is
-        // over, nothing is.
-        if self.hanging_up || (target.is_mob() && matches!(role, Role::Publisher(_))) {
+        // Publishers receive what others publish: not what is measured, and over mob's TCP
+        // formats nothing else, so not even parsed (a WebSocket publisher's input also carries
+        // its 101, pings and a close). And once the run is over, nothing is.
+        let unread = target.relays_to_all() && !target.is_websocket();
+        if self.hanging_up || (unread && matches!(role, Role::Publisher(_))) {
             buf.clear();
             return true;
         }
@@ -614,10 +652,11 @@ impl Bench {
                             let payload = &buf[at + r.start..at + r.end];
                             self.deliver(s, payload, now_ns);
                         }
-                        (Item::Subscribed, Role::Subscriber(s)) if !target.is_mob() => {
-                            self.subs[s].ready = true;
+                        (Item::Subscribed, Role::Subscriber(s)) => self.subs[s].ready = true,
+                        (Item::Upgraded, _) => self.peers[i].upgraded = true,
+                        (Item::Ping(r), _) => {
+                            target.pong(&buf[at + r.start..at + r.end], &mut self.peers[i].out)
                         }
-                        (Item::Ping, _) => target.pong(&mut self.peers[i].out),
                         _ => {}
                     }
                     at += used;

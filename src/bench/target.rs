@@ -1,5 +1,6 @@
-//! What the bench speaks to each kind of server: mob's three wire formats, Redis pub/sub (RESP)
-//! and NATS. Pure code: bytes to send, and items parsed off the front of what was received.
+//! What the bench speaks to each kind of server: mob's three wire formats, Redis pub/sub (RESP),
+//! NATS and WebSocket (any broadcast server, or mob's `/ws`). Pure code: bytes to send, and
+//! items parsed off the front of what was received.
 
 use std::fmt;
 use std::ops::Range;
@@ -8,6 +9,7 @@ use std::str::FromStr;
 use bytes::{BufMut, BytesMut};
 
 use super::payload::{self, Stamp};
+use super::ws;
 use crate::protocol::FRAME_HEADER_LEN;
 
 /// The channel (Redis) or subject (NATS) the bench publishes on.
@@ -21,6 +23,10 @@ pub enum Target {
     MobRaw,
     Redis,
     Nats,
+    /// Any WebSocket broadcast server: every message any client sends goes to every client.
+    Ws,
+    /// mob's WebSocket endpoint (`mob serve --http ADDR`, path `/ws`).
+    MobWs,
 }
 
 /// One thing parsed from a server's stream.
@@ -30,20 +36,38 @@ pub enum Item {
     Message(Range<usize>),
     /// The server confirmed a subscription (Redis `subscribe` reply, NATS `PONG` to our `PING`).
     Subscribed,
-    /// NATS asks whether we are alive: answer with [`Target::pong`].
-    Ping,
+    /// The server answered the WebSocket upgrade: the connection may send now.
+    Upgraded,
+    /// NATS or a WebSocket server asks whether we are alive: answer with [`Target::pong`],
+    /// echoing the range (the ping's payload; empty for NATS).
+    Ping(Range<usize>),
     /// Anything else (greetings, publish acknowledgements).
     Other,
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 7] = [
         Target::MobLine,
         Target::MobFrame,
         Target::MobRaw,
         Target::Redis,
         Target::Nats,
+        Target::Ws,
+        Target::MobWs,
     ];
+
+    /// The name `--target` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::MobLine => "mob-line",
+            Target::MobFrame => "mob-frame",
+            Target::MobRaw => "mob-raw",
+            Target::Redis => "redis",
+            Target::Nats => "nats",
+            Target::Ws => "ws",
+            Target::MobWs => "mob-ws",
+        }
+    }
 
     /// Where the server listens unless told otherwise.
     pub fn default_port(self) -> u16 {
@@ -51,37 +75,69 @@ impl Target {
             Target::MobLine | Target::MobFrame | Target::MobRaw => 8000,
             Target::Redis => 6379,
             Target::Nats => 4222,
+            Target::Ws | Target::MobWs => 8080,
         }
     }
 
-    /// mob relays to every connection: there is no subscription to confirm, and publishers
-    /// receive what others publish.
-    pub fn is_mob(self) -> bool {
-        matches!(self, Target::MobLine | Target::MobFrame | Target::MobRaw)
+    /// The WebSocket request path unless the address names one.
+    pub fn default_path(self) -> &'static str {
+        match self {
+            Target::MobWs => "/ws",
+            _ => "/",
+        }
+    }
+
+    /// The server relays to every connection (mob, and WebSocket broadcast servers): there is
+    /// no subscription to confirm, and publishers receive what others publish.
+    pub fn relays_to_all(self) -> bool {
+        !matches!(self, Target::Redis | Target::Nats)
+    }
+
+    /// Every connection opens with an HTTP upgrade, and may send nothing else before the
+    /// server's `101` ([`Item::Upgraded`]).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Target::Ws | Target::MobWs)
     }
 
     /// Bytes a subscriber sends once connected.
-    pub fn subscribe(self, out: &mut BytesMut) {
+    pub fn subscribe(self, endpoint: &Endpoint, out: &mut BytesMut) {
         match self {
             Target::Redis => resp_command(out, &[b"SUBSCRIBE", CHANNEL.as_bytes()]),
             Target::Nats => {
                 out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
                 out.extend_from_slice(format!("SUB {CHANNEL} 1\r\nPING\r\n").as_bytes());
             }
-            _ => {}
+            // Servers that relay to all: a subscriber opens like any connection.
+            _ => self.greet(endpoint, out),
         }
     }
 
     /// Bytes a publisher sends once connected.
-    pub fn greet(self, out: &mut BytesMut) {
-        if self == Target::Nats {
-            out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+    pub fn greet(self, endpoint: &Endpoint, out: &mut BytesMut) {
+        match self {
+            Target::Nats => {
+                out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+            }
+            Target::Ws | Target::MobWs => {
+                ws::upgrade_request(&endpoint.authority, &endpoint.path, out)
+            }
+            _ => {}
         }
     }
 
-    /// The answer to a NATS `PING`.
-    pub fn pong(self, out: &mut BytesMut) {
-        out.extend_from_slice(b"PONG\r\n");
+    /// The answer to a ping (NATS `PING`, WebSocket ping frame) that carried `data`.
+    pub fn pong(self, data: &[u8], out: &mut BytesMut) {
+        match self {
+            Target::Ws | Target::MobWs => ws::pong(data, out),
+            _ => out.extend_from_slice(b"PONG\r\n"),
+        }
+    }
+
+    /// Bytes to send before hanging up: a WebSocket close frame, nothing for the others.
+    pub fn goodbye(self, out: &mut BytesMut) {
+        if self.is_websocket() {
+            ws::close(out);
+        }
     }
 
     /// Appends one published message carrying `stamp`, its payload `size` bytes long.
@@ -111,6 +167,12 @@ impl Target {
                 payload::write(stamp, size, out);
                 out.extend_from_slice(b"\r\n");
             }
+            Target::Ws | Target::MobWs => {
+                let seed = stamp.seq ^ u64::from(stamp.publisher) << 48;
+                ws::message(size, ws::mask(seed), out, |out| {
+                    payload::write(stamp, size, out)
+                });
+            }
         }
     }
 
@@ -132,6 +194,7 @@ impl Target {
             }
             Target::Redis => parse_resp(buf),
             Target::Nats => parse_nats(buf),
+            Target::Ws | Target::MobWs => ws::parse(buf),
         }
     }
 }
@@ -142,10 +205,12 @@ impl FromStr for Target {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Target::ALL
             .into_iter()
-            .find(|t| t.to_string() == s)
+            .find(|t| t.name() == s)
             .ok_or_else(|| {
+                let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
                 format!(
-                    "unknown target {s:?} (expected mob-line, mob-frame, mob-raw, redis or nats)"
+                    "unknown target {s:?} (expected one of {})",
+                    names.join(", ")
                 )
             })
     }
@@ -153,12 +218,50 @@ impl FromStr for Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Target::MobLine => "mob-line",
-            Target::MobFrame => "mob-frame",
-            Target::MobRaw => "mob-raw",
-            Target::Redis => "redis",
-            Target::Nats => "nats",
+        f.write_str(self.name())
+    }
+}
+
+/// Where the server is: what to connect to and, for WebSocket, what to ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port` as given: resolved and connected to, and the WebSocket `Host` header.
+    pub authority: String,
+    /// The WebSocket request path (unused by the other targets).
+    pub path: String,
+}
+
+impl Endpoint {
+    /// Reads `host:port`; for a WebSocket target also `ws://host:port/path` or
+    /// `host:port/path` (the path defaults to the target's).
+    pub fn parse(addr: &str, target: Target) -> Result<Endpoint, String> {
+        let rest = match addr.split_once("://") {
+            None => addr,
+            Some(("ws", rest)) if target.is_websocket() => rest,
+            Some(("wss", _)) => return Err(format!("{addr}: wss:// (TLS) is not supported")),
+            Some(_) => {
+                return Err(format!(
+                    "{addr}: --target {target} takes host:port{}",
+                    if target.is_websocket() {
+                        " or ws://host:port/path"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(_) if !target.is_websocket() => {
+                return Err(format!(
+                    "{addr}: --target {target} takes host:port, without a path"
+                ))
+            }
+            Some(i) => rest.split_at(i),
+            None => (rest, target.default_path()),
+        };
+        Ok(Endpoint {
+            authority: authority.to_string(),
+            path: path.to_string(),
         })
     }
 }
@@ -260,7 +363,7 @@ fn parse_nats(buf: &[u8]) -> Result<Option<(usize, Item)>, String> {
         return Ok(Some((n + len + 2, Item::Message(n..n + len))));
     }
     let item = match op {
-        b"PING" => Item::Ping,
+        b"PING" => Item::Ping(0..0),
         b"PONG" => Item::Subscribed,
         _ if op.starts_with(b"-ERR") => return Err(String::from_utf8_lossy(op).into_owned()),
         _ => Item::Other,
@@ -315,7 +418,7 @@ mod tests {
     fn nats_operations_parse() {
         let msg = b"MSG mob 1 5\r\nhello\r\nPING\r\n";
         assert_eq!(parse_nats(msg).unwrap(), Some((20, Item::Message(13..18))));
-        assert_eq!(parse_nats(&msg[20..]).unwrap(), Some((6, Item::Ping)));
+        assert_eq!(parse_nats(&msg[20..]).unwrap(), Some((6, Item::Ping(0..0))));
         assert_eq!(parse_nats(b"MSG mob 1 5\r\nhel").unwrap(), None);
         assert_eq!(
             parse_nats(b"PONG\r\n").unwrap(),
@@ -335,6 +438,48 @@ mod tests {
         Target::Nats.publish(stamp(), 32, &mut out);
         assert!(out.starts_with(b"PUB mob 32\r\n"));
         assert_eq!(out.len(), 12 + 32 + 2);
+    }
+
+    #[test]
+    fn websocket_targets_read_back_what_they_publish() {
+        use crate::ws::frame::{data_opcode, server_header, Decoder, Received};
+        for t in [Target::Ws, Target::MobWs] {
+            let mut out = BytesMut::new();
+            t.publish(stamp(), 40, &mut out);
+            let Ok(Some(Received::Message { text, payload })) = Decoder::new(1024).decode(&mut out)
+            else {
+                panic!("{t}: not one message")
+            };
+            // What the server relays: the same payload, unmasked.
+            let (header, used) = server_header(data_opcode(text), payload.len());
+            let mut relayed = header[..used].to_vec();
+            relayed.extend_from_slice(&payload);
+            let (n, item) = t.parse(&relayed).unwrap().unwrap();
+            assert_eq!(n, relayed.len());
+            let Item::Message(r) = item else {
+                panic!("{item:?}")
+            };
+            assert_eq!(payload::read(&relayed[r]), Some(stamp()));
+        }
+    }
+
+    #[test]
+    fn endpoints_take_a_path_only_for_websocket() {
+        let at = |addr: &str, t: Target| Endpoint::parse(addr, t).map(|e| (e.authority, e.path));
+        let ok = |host: &str, path: &str| Ok((host.to_string(), path.to_string()));
+        assert_eq!(at("127.0.0.1:8080", Target::Ws), ok("127.0.0.1:8080", "/"));
+        assert_eq!(
+            at("127.0.0.1:8080", Target::MobWs),
+            ok("127.0.0.1:8080", "/ws")
+        );
+        assert_eq!(at("ws://h:1/chat?x=1", Target::Ws), ok("h:1", "/chat?x=1"));
+        assert_eq!(at("ws://h:1", Target::MobWs), ok("h:1", "/ws"));
+        assert_eq!(at("h:1/", Target::MobWs), ok("h:1", "/"));
+        assert_eq!(at("h:6379", Target::Redis), ok("h:6379", "/"));
+        assert!(at("wss://h:1/", Target::Ws).unwrap_err().contains("TLS"));
+        assert!(at("http://h:1/", Target::Ws).is_err());
+        assert!(at("ws://h:1/", Target::Nats).is_err());
+        assert!(at("h:1/x", Target::MobLine).unwrap_err().contains("path"));
     }
 
     #[test]
