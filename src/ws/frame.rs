@@ -212,6 +212,29 @@ pub fn server_header(opcode: OpCode, len: usize) -> ([u8; 10], usize) {
     (out, used)
 }
 
+/// [`server_header`] of a data message (text or binary), computed in a few instructions: the
+/// fan-out builds one per message it writes, where tungstenite's general `format` (through
+/// `io::Write`) showed as a tenth of the server's time. A test checks it against
+/// `server_header` for every length form.
+#[inline]
+pub fn data_header(text: bool, len: usize) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    out[0] = 0x80 | if text { 0x1 } else { 0x2 };
+    let used = if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if len <= 0xffff {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (out, used)
+}
+
 /// The opcode a message is sent to WebSocket clients with.
 pub fn data_opcode(text: bool) -> OpCode {
     OpCode::Data(if text { Data::Text } else { Data::Binary })

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::{Cursor, Flushed, MAX_IOV, MAX_WRITE};
 use crate::protocol::{Protocol, FRAME_HEADER_LEN};
 use crate::server::log::{Entry, Log};
-use crate::ws::frame::{data_opcode, server_header};
+use crate::ws::frame::data_header;
 
 /// The unsent rest of a frame header: `bytes[from..to]`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -39,7 +39,7 @@ fn payload_range(wire: Protocol, e: &Entry) -> (usize, usize) {
 /// The frame header a WebSocket receiver gets before `e`'s payload.
 fn header(wire: Protocol, e: &Entry) -> ([u8; 10], usize) {
     let (a, b) = payload_range(wire, e);
-    server_header(data_opcode(!e.is_binary()), b - a)
+    data_header(!e.is_binary(), b - a)
 }
 
 /// Messages per `writev`: two slices each.
@@ -57,23 +57,28 @@ impl Cursor {
         out: &mut W,
     ) -> io::Result<Flushed> {
         debug_assert!(!self.has_fallen_off(log));
+        // Each message's header is built once per write and kept for `advance_ws`;
+        // uninitialised, so preparing a write costs nothing per unused slot.
+        let mut heads = [const { MaybeUninit::<([u8; 10], usize)>::uninit() }; MESSAGES_PER_WRITE];
         loop {
-            let result = {
-                // The headers first (the slices below borrow them).
-                let mut heads = [([0u8; 10], 0usize); MESSAGES_PER_WRITE];
-                let mut count = 0;
-                let mut offered = 0;
-                for e in log.from(self.next_seq) {
-                    if count == MESSAGES_PER_WRITE || offered >= MAX_WRITE {
-                        break;
-                    }
-                    if Some(e.origin()) == skip_origin {
-                        continue;
-                    }
-                    heads[count] = header(wire, e);
-                    offered += e.len();
-                    count += 1;
+            let mut count = 0;
+            let mut offered = 0;
+            for e in log.from(self.next_seq) {
+                if count == MESSAGES_PER_WRITE || offered >= MAX_WRITE {
+                    break;
                 }
+                if Some(e.origin()) == skip_origin {
+                    continue;
+                }
+                heads[count].write(header(wire, e));
+                offered += e.len();
+                count += 1;
+            }
+            // SAFETY: the first `count` slots were initialised above, and MaybeUninit<T> has
+            // the layout of T.
+            let heads: &[([u8; 10], usize)] =
+                unsafe { std::slice::from_raw_parts(heads.as_ptr().cast(), count) };
+            let result = {
                 let mut slices = [const { MaybeUninit::<IoSlice<'_>>::uninit() }; MAX_IOV];
                 let mut n = 0;
                 if !self.head.rest().is_empty() {
@@ -85,7 +90,7 @@ impl Cursor {
                     n += 1;
                 }
                 let own = |e: &&Entry| Some(e.origin()) != skip_origin;
-                for (e, (bytes, used)) in log.from(self.next_seq).filter(own).zip(&heads[..count]) {
+                for (e, (bytes, used)) in log.from(self.next_seq).filter(own).zip(heads) {
                     slices[n].write(IoSlice::new(&bytes[..*used]));
                     let (a, b) = payload_range(wire, e);
                     slices[n + 1].write(IoSlice::new(&e.bytes()[a..b]));
@@ -104,7 +109,7 @@ impl Cursor {
             };
             match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => self.advance_ws(log, skip_origin, wire, written),
+                Ok(written) => self.advance_ws(log, skip_origin, wire, heads, written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -127,12 +132,14 @@ impl Cursor {
         out
     }
 
-    /// Moves the cursor over `written` bytes of what `flush_ws` offered.
+    /// Moves the cursor over `written` bytes of what `flush_ws` offered: the unsent rest of a
+    /// message, then the messages whose headers are `heads`.
     fn advance_ws(
         &mut self,
         log: &Log,
         skip_origin: Option<u64>,
         wire: Protocol,
+        heads: &[([u8; 10], usize)],
         mut written: usize,
     ) {
         let pending = self.head.rest().len();
@@ -153,6 +160,7 @@ impl Cursor {
             self.partial = None;
             self.partial_owned = false;
         }
+        let mut heads = heads.iter();
         for e in log.from(self.next_seq) {
             if written == 0 {
                 break;
@@ -161,7 +169,10 @@ impl Cursor {
             if Some(e.origin()) == skip_origin {
                 continue;
             }
-            let (bytes, used) = header(wire, e);
+            let Some(&(bytes, used)) = heads.next() else {
+                debug_assert!(false, "more written than offered");
+                return;
+            };
             let (a, b) = payload_range(wire, e);
             if written < used {
                 self.head = PendingHead {

@@ -219,3 +219,13 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+proptest! {
+    #[test]
+    fn data_headers_are_what_tungstenite_formats(
+        text in any::<bool>(),
+        len in prop_oneof![0usize..300, 65_000usize..70_000, any::<u32>().prop_map(|n| n as usize)],
+    ) {
+        prop_assert_eq!(data_header(text, len), server_header(data_opcode(text), len));
+    }
+}
