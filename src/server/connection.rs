@@ -12,6 +12,7 @@ use super::cursor::{Cursor, Flushed};
 use super::disconnect::DisconnectReason;
 use super::inbox::{self, Inbox};
 use super::log::{self, Entry, Log};
+use super::pack::Packer;
 use super::web::{Side, WsState};
 use crate::protocol::Decoder;
 use crate::sys;
@@ -53,9 +54,8 @@ pub struct ReadBuffers {
     pub batch: Vec<Entry>,
     /// What each message counts beyond its bytes ([`Log::held_for`] of the loop's log).
     pub(super) overhead: usize,
-    /// WebSocket clients' messages are stored here in the server's wire form (one block per
-    /// read, shared by its messages).
-    pub(super) wire: BytesMut,
+    /// WebSocket clients' messages are stored here in the server's wire form.
+    pub(super) packer: Packer,
     /// Mark TCP messages that are not UTF-8 as binary for WebSocket receivers (only with
     /// `--http`: the check costs a pass over every message).
     pub mark_binary: bool,
@@ -69,7 +69,7 @@ impl ReadBuffers {
             spans: Vec::new(),
             batch: Vec::new(),
             overhead: log.held_for(0),
-            wire: BytesMut::new(),
+            packer: Packer::default(),
             mark_binary: false,
         }
     }
@@ -328,9 +328,15 @@ impl Connection {
         Ok(Input::More)
     }
 
-    /// Writes what this client is owed of `log` (see [`Cursor::flush`]), and to a WebSocket
-    /// client the control frames it is owed, between whole messages.
-    pub fn flush(&mut self, log: &super::Log, echo_self: bool) -> io::Result<Flushed> {
+    /// Writes what this client is owed of `log` (see [`Cursor::flush`]); a WebSocket client
+    /// is written from `frames`, the log rendered as WebSocket frames, and the control frames
+    /// it is owed go out between whole messages.
+    pub fn flush(
+        &mut self,
+        log: &super::Log,
+        frames: &super::Log,
+        echo_self: bool,
+    ) -> io::Result<Flushed> {
         let skip = (!echo_self).then_some(self.id);
         let ws = match &mut self.transport {
             Transport::Tcp => return self.cursor.flush(log, skip, &mut self.socket),
@@ -341,7 +347,7 @@ impl Connection {
             if !self.cursor.in_message() && !ws.write_ctrl(&mut self.socket)? {
                 return Ok(Flushed::Blocked);
             }
-            if self.cursor.flush_ws(log, skip, ws.wire, &mut self.socket)? == Flushed::Blocked {
+            if self.cursor.flush(frames, skip, &mut self.socket)? == Flushed::Blocked {
                 return Ok(Flushed::Blocked);
             }
             if !ws.has_ctrl() {
@@ -355,6 +361,11 @@ impl Connection {
         self.cursor.is_behind(log) || matches!(&self.transport, Transport::Ws(ws) if ws.has_ctrl())
     }
 
+    /// Whether this is a WebSocket receiver.
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.transport, Transport::Ws(_))
+    }
+
     /// Whether this connection is one of the fan-out's receivers (TCP or WebSocket).
     pub fn is_member(&self) -> bool {
         !matches!(self.transport, Transport::Side(_))
@@ -366,7 +377,8 @@ impl Connection {
     pub fn say_goodbye(&mut self, frame: bytes::Bytes, then: DisconnectReason, now: Instant) {
         // A message under way is finished first; control frames (the 101 answer, a pong) are
         // written only between messages, so none of them has begun if one is under way.
-        let mut out: std::collections::VecDeque<bytes::Bytes> = self.cursor.take_unsent().into();
+        let mut out: std::collections::VecDeque<bytes::Bytes> =
+            self.cursor.take_unsent().into_iter().collect();
         if let Transport::Ws(ws) = &mut self.transport {
             out.extend(ws.take_ctrl());
         }

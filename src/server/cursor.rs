@@ -25,9 +25,6 @@ pub struct Cursor {
     /// Whether `partial` is a copy of its own rather than a view of a shared block, so a
     /// receiver skipped ahead again and again copies it once.
     partial_owned: bool,
-    /// WebSocket receivers: the unsent rest of a frame header a write stopped inside (the
-    /// payload's rest is then `partial`, possibly empty).
-    head: ws::PendingHead,
 }
 
 /// How a flush ended.
@@ -46,7 +43,6 @@ impl Cursor {
             next_seq: seq,
             partial: None,
             partial_owned: false,
-            head: ws::PendingHead::default(),
         }
     }
 
@@ -98,6 +94,13 @@ impl Cursor {
             }
         }
         skipped
+    }
+
+    /// Takes what is left of a message a write stopped inside: a receiver being closed is
+    /// sent that before its close frame.
+    pub fn take_unsent(&mut self) -> Option<Bytes> {
+        self.partial_owned = false;
+        self.partial.take()
     }
 
     /// Writes the log from this cursor into `out` until caught up or `WouldBlock`, many messages
@@ -232,8 +235,6 @@ impl<'a> Run<'a> {
         self.first.block_slice(self.from, self.to)
     }
 }
-
-mod ws;
 
 #[cfg(test)]
 mod tests;

@@ -167,7 +167,7 @@ impl EventLoop {
         }
         let now = Instant::now();
         let next_idle_check = config.idle_timeout.map(|t| later(now, idle_check_every(t)));
-        let fanout = Fanout::new(now, board.loops());
+        let fanout = Fanout::new(now, board.loops(), config.protocol);
         let mut bufs = ReadBuffers::new(&fanout.log);
         bufs.mark_binary = config.http.is_some();
         let origins = Origins::new(&config.allowed_origins);
@@ -664,7 +664,7 @@ impl EventLoop {
             let ws = matches!(conn.transport, Transport::Ws(_));
             if let Some(frame) = web::close_frame_for(&reason).filter(|_| ws && !draining) {
                 self.fanout
-                    .leave((conn.member_index, conn.id), &mut self.conns);
+                    .leave((conn.member_index, conn.id), true, &mut self.conns);
                 let conn = &mut self.conns[key];
                 conn.say_goodbye(frame, reason, now);
                 let registered = self.poll.registry().reregister(
@@ -688,8 +688,9 @@ impl EventLoop {
                 return; // already closed for an earlier reason this turn
             };
             if conn.is_member() {
+                let websocket = conn.is_websocket();
                 self.fanout
-                    .leave((conn.member_index, conn.id), &mut self.conns);
+                    .leave((conn.member_index, conn.id), websocket, &mut self.conns);
             }
             self.board.closed(self.index);
             // Closing the socket removes it from epoll anyway; a failure here changes nothing.

@@ -21,7 +21,9 @@ use super::cursor::{Cursor, Flushed};
 use super::disconnect::DisconnectReason;
 use super::log::Log;
 use super::ratelimit::LogLimit;
+use super::rendition::Rendition;
 use crate::config::SlowConsumerPolicy;
+use crate::protocol::Protocol;
 
 /// New input at which a flush round starts at once. Below it, a round may wait (see below) so
 /// that each write to each receiver carries several messages rather than one.
@@ -126,12 +128,18 @@ pub struct Fanout {
     last_round: (Instant, Duration),
     /// Messages skipped for slow consumers under `--slow-consumer drop`.
     pub dropped: u64,
+    /// The log as WebSocket frames, while there are WebSocket receivers.
+    rendition: Rendition,
+    /// WebSocket receivers among the members.
+    ws_members: usize,
 }
 
 impl Fanout {
-    /// The fan-out of one of `loops` event loops.
-    pub fn new(now: Instant, loops: usize) -> Self {
+    /// The fan-out of one of `loops` event loops whose log holds messages in `wire` form.
+    pub fn new(now: Instant, loops: usize, wire: Protocol) -> Self {
         Fanout {
+            rendition: Rendition::new(loops, wire),
+            ws_members: 0,
             log: Log::for_loops(loops),
             members: Vec::new(),
             woken: Vec::new(),
@@ -158,6 +166,9 @@ impl Fanout {
         conn.cursor = Cursor::at(seq);
         conn.member_index = self.members.len();
         self.members.push((key, conn.id));
+        if conn.is_websocket() {
+            self.ws_members += 1;
+        }
         if let Some(round) = &mut self.round {
             round.joined(seq);
         }
@@ -169,9 +180,16 @@ impl Fanout {
     }
 
     /// A connection stops receiving: it was removed from the slab, or is no receiver any more
-    /// (a WebSocket client being sent its close frame). `member` is its `(member_index, id)`.
-    pub fn leave(&mut self, member: (usize, u64), conns: &mut Slab<Connection>) {
+    /// (a WebSocket client being sent its close frame). `member` is its `(member_index, id)`,
+    /// `websocket` whether it was a WebSocket receiver.
+    pub fn leave(&mut self, member: (usize, u64), websocket: bool, conns: &mut Slab<Connection>) {
         let (i, id) = member;
+        if websocket {
+            self.ws_members -= 1;
+            if self.ws_members == 0 {
+                self.rendition.clear(&self.log);
+            }
+        }
         debug_assert_eq!(self.members.get(i).map(|m| m.1), Some(id));
         self.members.swap_remove(i);
         if let Some(&(moved, _)) = self.members.get(i) {
@@ -251,6 +269,7 @@ impl Fanout {
             log,
             round,
             dropped,
+            rendition,
             ..
         } = self;
         let Some(round) = round else { return };
@@ -274,8 +293,11 @@ impl Fanout {
             }
             if !conn.blocked && conn.wants_write(log) {
                 writes += 1;
+                if conn.is_websocket() {
+                    rendition.catch_up(log);
+                }
                 let result = conn
-                    .flush(log, policy.echo_self)
+                    .flush(log, &rendition.log, policy.echo_self)
                     .and_then(|flushed| set_writable_interest(registry, key, conn, flushed));
                 if let Err(e) = result {
                     closing.push((key, DisconnectReason::Reset(e)));
@@ -357,14 +379,20 @@ impl Fanout {
         let Some(round) = &self.round else { return };
         let keep_from = round.trim_point(self.log.end_seq()).min(policy.join_floor);
         self.log.trim_before(keep_from);
+        self.rendition.trim(&self.log);
         self.trimmed_held_at = self.log.appended_held();
-        if self.log.held() <= policy.max_pending {
+        // The rendition counts too (its frames are near copies of the log's messages).
+        let rendered = self.rendition.log.held();
+        if self.log.held() + rendered <= policy.max_pending {
             return;
         }
         // Not past where a connection handed to this loop joins: it is taken in this turn or
         // the next, so the log passes --max-pending for that long at most.
-        self.log
-            .trim_to_keeping(policy.max_pending, policy.join_floor);
+        self.log.trim_to_keeping(
+            policy.max_pending.saturating_sub(rendered),
+            policy.join_floor,
+        );
+        self.rendition.trim(&self.log);
         for &(key, id) in &self.members {
             let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {
                 continue;

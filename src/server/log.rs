@@ -237,6 +237,15 @@ impl Log {
         )
     }
 
+    /// Forgets every message and makes `seq` the next one's number (a rendition that was not
+    /// kept up while nobody needed it; see `Rendition`).
+    pub fn restart_at(&mut self, seq: u64) {
+        self.entries.clear();
+        self.entries.shrink_to(SHRINK_ABOVE);
+        self.held = 0;
+        self.first_seq = seq;
+    }
+
     /// Forgets every message before `seq` (those every receiver has been sent).
     pub fn trim_before(&mut self, seq: u64) {
         while self.first_seq < seq {

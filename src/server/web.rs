@@ -23,6 +23,7 @@ use super::connection::Input;
 use super::disconnect::DisconnectReason;
 use super::inbox;
 use super::log::{self, Entry};
+use super::pack::Packer;
 use crate::protocol::Protocol;
 use crate::sys;
 use crate::ws::frame::{self, close, Decoder, FrameError, Received};
@@ -366,8 +367,13 @@ impl WsState {
         // Frames left from before (after the request head, or a visit's budget) first.
         let overhead = bufs.overhead;
         if !self.input.is_empty() {
-            let mut into =
-                Decoded::new(&mut bufs.wire, &mut bufs.batch, overhead, self.wire, origin);
+            let mut into = Decoded::new(
+                &mut bufs.packer,
+                &mut bufs.batch,
+                overhead,
+                self.wire,
+                origin,
+            );
             let decoded = Self::decode(
                 &mut self.decoder,
                 &mut self.pong,
@@ -400,8 +406,13 @@ impl WsState {
                     *last_input = now;
                     self.ping_sent = false;
                     let scratch = &mut bufs.scratch;
-                    let mut into =
-                        Decoded::new(&mut bufs.wire, &mut bufs.batch, overhead, self.wire, origin);
+                    let mut into = Decoded::new(
+                        &mut bufs.packer,
+                        &mut bufs.batch,
+                        overhead,
+                        self.wire,
+                        origin,
+                    );
                     let decoded = if self.input.is_empty() {
                         let decoded =
                             Self::decode(&mut self.decoder, &mut self.pong, scratch, &mut into);
@@ -449,43 +460,31 @@ impl WsState {
 /// The shortest client frame: two bytes of header and four of mask.
 const FRAME_MIN: usize = 6;
 
-/// A message whose wire form is longer than this gets a buffer of exactly its size; shorter
-/// ones are packed into [`WIRE_BLOCK`]s, so a block's unused tail, left when the next message
-/// does not fit, is under a sixteenth of it.
-const OWN_BUFFER: usize = 4 * 1024;
-
-/// Size of a block short messages are packed into, shared by the messages of many reads.
-const WIRE_BLOCK: usize = 64 * 1024;
-
 /// The messages of one read being stored in the server's wire form, in order.
 struct Decoded<'a> {
-    /// The block short messages are being packed into ([`ReadBuffers::wire`]).
-    block: &'a mut BytesMut,
+    packer: &'a mut Packer,
     batch: &'a mut Vec<Entry>,
     overhead: usize,
     wire: Protocol,
     origin: u64,
-    /// (start in `block`, length, binary) of each message packed since the last flush.
-    spans: Vec<(usize, usize, bool)>,
     /// What the messages pushed count against `--max-pending`.
     held: usize,
 }
 
 impl<'a> Decoded<'a> {
     fn new(
-        block: &'a mut BytesMut,
+        packer: &'a mut Packer,
         batch: &'a mut Vec<Entry>,
         overhead: usize,
         wire: Protocol,
         origin: u64,
     ) -> Self {
         Decoded {
-            block,
+            packer,
             batch,
             overhead,
             wire,
             origin,
-            spans: Vec::new(),
             held: 0,
         }
     }
@@ -502,55 +501,35 @@ impl<'a> Decoded<'a> {
             return Ok(()); // carries nothing
         }
         let most = payload.len() + crate::protocol::FRAME_HEADER_LEN;
-        if most > OWN_BUFFER {
-            // Those packed before it go first: the batch keeps the client's order.
-            self.flush();
-            let mut own = BytesMut::with_capacity(most);
-            self.wire.encode(payload, &mut own);
-            self.push(own.freeze(), 0, !text);
-            return Ok(());
-        }
-        if self.block.capacity() - self.block.len() < most {
-            self.flush();
-            *self.block = BytesMut::with_capacity(WIRE_BLOCK);
-        }
-        let start = self.block.len();
-        self.wire.encode(payload, self.block);
-        self.spans.push((start, self.block.len() - start, !text));
+        let (wire, batch, held, overhead) =
+            (self.wire, &mut *self.batch, &mut self.held, self.overhead);
+        self.packer.add(
+            most,
+            self.origin,
+            !text,
+            |out| wire.encode(payload, out),
+            &mut |e: Entry| {
+                *held += log::counted(e.len(), overhead);
+                batch.push(e);
+            },
+        );
         Ok(())
     }
 
-    /// Appends the message `block[start..]` to the batch.
-    fn push(&mut self, block: Bytes, start: usize, binary: bool) {
-        let len = block.len() - start;
-        if let Some(mut entry) = Entry::new(block, start, len, self.origin) {
-            entry.set_binary(binary);
-            self.held += log::counted(len, self.overhead);
-            self.batch.push(entry);
-        }
-    }
-
-    /// Appends the packed messages to the batch, sharing their part of the block.
-    fn flush(&mut self) {
-        if self.spans.is_empty() {
-            return;
-        }
-        let block = self.block.split().freeze();
-        let base = self.spans[0].0;
-        for (start, len, binary) in std::mem::take(&mut self.spans) {
-            let at = start - base;
-            if let Some(mut entry) = Entry::new(block.clone(), at, len, self.origin) {
-                entry.set_binary(binary);
-                self.held += log::counted(len, self.overhead);
-                self.batch.push(entry);
-            }
-        }
-    }
-
     /// Appends what is left to the batch; returns what the read's messages count.
-    fn finish(mut self) -> usize {
-        self.flush();
-        self.held
+    fn finish(self) -> usize {
+        let Decoded {
+            packer,
+            batch,
+            overhead,
+            mut held,
+            ..
+        } = self;
+        packer.flush(&mut |e: Entry| {
+            held += log::counted(e.len(), overhead);
+            batch.push(e);
+        });
+        held
     }
 }
 

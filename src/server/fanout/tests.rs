@@ -32,7 +32,7 @@ fn a_receiver_that_joins_during_a_round_keeps_what_it_needs() {
 #[test]
 fn joining_during_a_round_is_counted_by_the_fanout() {
     let t0 = Instant::now();
-    let mut fanout = Fanout::new(t0, 1);
+    let mut fanout = Fanout::new(t0, 1, Protocol::Line);
     fanout.log.append(Bytes::from_static(b"a\n"), 1);
     fanout.round = Some(Round::new(Vec::new(), true, t0));
     // What `join` does to the round, without a socket.
@@ -51,7 +51,7 @@ fn joining_during_a_round_is_counted_by_the_fanout() {
 #[test]
 fn small_rounds_wait_for_more_input_but_not_longer_than_the_ceiling() {
     let t0 = Instant::now();
-    let mut fanout = Fanout::new(t0, 1);
+    let mut fanout = Fanout::new(t0, 1, Protocol::Line);
     assert_eq!(fanout.next_round_at(), None, "nothing new: no round");
     fanout.last_round = (t0, Duration::from_micros(10));
     fanout.log.append(Bytes::from_static(b"a\n"), 1);
@@ -70,11 +70,11 @@ fn small_rounds_wait_for_more_input_but_not_longer_than_the_ceiling() {
 #[test]
 fn woken_receivers_or_a_requested_full_round_are_due_at_once() {
     let t0 = Instant::now();
-    let mut fanout = Fanout::new(t0, 1);
+    let mut fanout = Fanout::new(t0, 1, Protocol::Line);
     fanout.last_round = (t0, Duration::from_secs(1));
     fanout.visit_all_soon();
     assert_eq!(fanout.next_round_at(), Some(t0));
-    let mut fanout = Fanout::new(t0, 1);
+    let mut fanout = Fanout::new(t0, 1, Protocol::Line);
     fanout.woken.push((3, 9));
     assert_eq!(fanout.next_round_at(), Some(t0));
 }
@@ -163,13 +163,13 @@ fn policy() -> Policy {
 fn a_receiver_joining_a_round_whose_receivers_all_left_keeps_its_messages() {
     let poll = mio::Poll::new().unwrap();
     let t0 = Instant::now();
-    let mut fanout = Fanout::new(t0, 1);
+    let mut fanout = Fanout::new(t0, 1, Protocol::Line);
     let (mut conns, _clients) = connections(&mut fanout, &poll, 0..1);
     fanout.log.append(Bytes::from_static(b"before\n"), 9);
     // Start the round (it visits the one receiver), without letting it finish yet.
     fanout.start_round(&mut conns, t0);
     let leaving = conns.remove(0);
-    fanout.leave((leaving.member_index, leaving.id), &mut conns);
+    fanout.leave((leaving.member_index, leaving.id), false, &mut conns);
     drop(leaving);
     let (mut joined, _more_clients) = connections(&mut fanout, &poll, 1..2);
     // The new receiver took slot 0 of its own slab; move it into the round's slab.
@@ -196,7 +196,7 @@ fn a_receiver_joining_a_round_whose_receivers_all_left_keeps_its_messages() {
 fn a_newcomer_joining_behind_the_log_end_is_visited_without_new_input() {
     let poll = mio::Poll::new().unwrap();
     let t0 = Instant::now();
-    let mut fanout = Fanout::new(t0, 2);
+    let mut fanout = Fanout::new(t0, 2, Protocol::Line);
     fanout.log.append(Bytes::from_static(b"sync\n"), 9);
     let waiting = Policy {
         join_floor: 0,

@@ -3,6 +3,7 @@ use std::io::{self, Write};
 use proptest::prelude::*;
 
 use super::*;
+use crate::server::cursor::{Cursor, Flushed};
 
 /// Takes a scripted number of bytes per write (`None`: `WouldBlock`), cycling.
 struct Sink {
@@ -93,6 +94,8 @@ fn each_message_is_one_frame_with_its_opcode() {
             msgs.clone()
         };
         let log = log_of(wire, &msgs);
+        let mut frames = Rendition::new(1, wire);
+        frames.catch_up(&log);
         let mut sink = Sink {
             got: Vec::new(),
             script: vec![Some(usize::MAX)],
@@ -100,7 +103,7 @@ fn each_message_is_one_frame_with_its_opcode() {
         };
         let mut c = Cursor::at(0);
         assert_eq!(
-            c.flush_ws(&log, None, wire, &mut sink).unwrap(),
+            c.flush(&frames.log, None, &mut sink).unwrap(),
             Flushed::CaughtUp
         );
         let want: Vec<(bool, Vec<u8>)> = msgs.iter().map(|(p, b, _)| (*b, p.clone())).collect();
@@ -125,6 +128,10 @@ proptest! {
             .map(|(p, b, o)| (p.into_iter().filter(|&c| c != b'\n').collect::<Vec<u8>>(), b, o))
             .collect();
         let log = log_of(wire, &msgs);
+        // Rendered in two goes, as a loop renders what arrived since its last flush.
+        let mut frames = Rendition::new(1, wire);
+        frames.catch_up(&log_of(wire, &msgs[..msgs.len() / 2]));
+        frames.catch_up(&log);
         let mut script = script;
         script.push(Some(5)); // always some progress
         let mut sink = Sink { got: Vec::new(), script, call: 0 };
@@ -133,7 +140,7 @@ proptest! {
             if !c.is_behind(&log) {
                 break;
             }
-            c.flush_ws(&log, skip, wire, &mut sink).unwrap();
+            c.flush(&frames.log, skip, &mut sink).unwrap();
         }
         prop_assert!(!c.is_behind(&log));
         let want: Vec<(bool, Vec<u8>)> = msgs
@@ -143,4 +150,35 @@ proptest! {
             .collect();
         prop_assert_eq!(parse_frames(&sink.got), want);
     }
+}
+
+#[test]
+fn a_rendition_left_behind_starts_again_at_the_logs_oldest_message() {
+    let msgs: Vec<_> = (0..6u8).map(|i| (vec![b'a' + i], false, 0)).collect();
+    let mut log = log_of(Protocol::Line, &msgs);
+    let mut frames = Rendition::new(1, Protocol::Line);
+    frames.catch_up(&log);
+    frames.clear(&log);
+    assert_eq!((frames.log.first_seq(), frames.log.end_seq()), (6, 6));
+    // The log moves on without it, then trims past where it stopped.
+    for i in 0..4u8 {
+        log.append(bytes::Bytes::from(vec![b'0' + i, b'\n']), 0);
+    }
+    log.trim_before(8);
+    frames.catch_up(&log);
+    assert_eq!((frames.log.first_seq(), frames.log.end_seq()), (8, 10));
+    let mut sink = Sink {
+        got: Vec::new(),
+        script: vec![Some(usize::MAX)],
+        call: 0,
+    };
+    Cursor::at(8).flush(&frames.log, None, &mut sink).unwrap();
+    assert_eq!(
+        parse_frames(&sink.got),
+        vec![(false, b"2".to_vec()), (false, b"3".to_vec())]
+    );
+    frames.trim(&log);
+    log.trim_before(10);
+    frames.trim(&log);
+    assert_eq!(frames.log.held(), 0);
 }
