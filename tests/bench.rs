@@ -1,6 +1,6 @@
-//! `mob bench` against real servers: mob in every protocol, Redis, NATS and a WebSocket
-//! broadcast server (the Node peer), and a relay that loses and reorders on purpose (the
-//! checker must be able to fail).
+//! `mob bench` against real servers: mob in every protocol and over WebSocket, Redis, NATS and
+//! a WebSocket broadcast server (the Node peer), and a relay that loses and reorders on purpose
+//! (the checker must be able to fail).
 
 mod util;
 
@@ -71,6 +71,25 @@ fn bench_finds_no_loss_against_mob_in_every_protocol() {
             &target,
             &["--publishers", publishers, "--rate", "2000"],
         );
+        assert_clean(ok, &report);
+    }
+}
+
+#[test]
+fn bench_finds_no_loss_against_mob_over_websocket() {
+    for protocol in ["line", "frame"] {
+        let args = [
+            "--protocol",
+            protocol,
+            "--no-echo-self",
+            "--http",
+            "127.0.0.1:0",
+        ];
+        let server = Server::start(&args);
+        let http = server.http_addr();
+        let (ok, report) = bench(http, "mob-ws", &["--publishers", "3"]);
+        assert_clean(ok, &report);
+        let (ok, report) = bench(http, "mob-ws", &["--publishers", "3", "--rate", "2000"]);
         assert_clean(ok, &report);
     }
 }
