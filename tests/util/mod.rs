@@ -2,6 +2,7 @@
 //! sockets, and wait for events under a deadline (never for a fixed time).
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod webdriver;
 pub mod ws;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
