@@ -25,4 +25,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --release --quiet
+# The Node `ws` peer's one dependency, pinned by its package-lock.json (for ws-node).
+if command -v npm >/dev/null && [ ! -d bench/ws-peer/node_modules/ws ]; then
+  (cd bench/ws-peer && npm ci --no-audit --no-fund --silent)
+fi
 exec python3 bench/compare.py "$@"

@@ -540,3 +540,23 @@ fn a_close_reply_goes_out_after_the_message_under_way() {
         "nothing after the close frame"
     );
 }
+
+#[test]
+fn a_request_head_not_complete_within_10_s_is_closed() {
+    let (server, http) = start(&[]);
+    let mut slow = RawHttp::connect(http);
+    let started = std::time::Instant::now();
+    slow.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    // Meanwhile everyone else is served.
+    let mut tcp = server.connect();
+    let mut ws = Ws::connect(http);
+    ws.send_text("served");
+    tcp.expect(b"served\n");
+    assert!(slow.read_to_end().is_empty(), "closed without an answer");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(9),
+        "closed after {waited:?}, before the 10 s it is given"
+    );
+    server.log.wait_for(&["did not complete its request"]);
+}
