@@ -434,6 +434,9 @@ impl WsState {
                     held += into.finish();
                     if self.input.is_empty() {
                         self.input = BytesMut::new();
+                    } else if self.input.capacity() > 4 * self.input.len().max(1024) {
+                        // The start of a short frame left in a buffer a long one grew.
+                        self.input = BytesMut::from(&self.input[..]);
                     }
                     if let Err(e) = decoded {
                         result = Err(e);
