@@ -15,6 +15,17 @@ fn start(args: &[&str]) -> (Server, std::net::SocketAddr) {
     (server, http)
 }
 
+/// A TCP and a WebSocket client, both receivers once this returns (the last to join spoke, and
+/// both received it).
+fn joined(server: &Server, http: std::net::SocketAddr) -> (util::Client, Ws) {
+    let mut tcp = server.connect();
+    let mut ws = Ws::connect(http);
+    ws.send_text("ready");
+    tcp.expect(b"ready\n");
+    assert_eq!(ws.recv_text(), "ready");
+    (tcp, ws)
+}
+
 #[test]
 fn the_http_line_follows_the_listening_line_with_the_real_port() {
     let (server, http) = start(&[]);
@@ -62,11 +73,7 @@ fn websocket_and_tcp_clients_see_one_order() {
 #[test]
 fn text_stays_text_binary_stays_binary_and_tcp_bytes_that_are_not_utf8_are_binary() {
     let (server, http) = start(&[]);
-    let mut tcp = server.connect();
-    let mut ws = Ws::connect(http);
-    ws.send_text("ready");
-    tcp.expect(b"ready\n");
-    assert_eq!(ws.recv_text(), "ready");
+    let (mut tcp, mut ws) = joined(&server, http);
 
     ws.send_binary(b"bin");
     tcp.expect(b"bin\n");

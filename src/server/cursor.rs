@@ -237,4 +237,4 @@ impl<'a> Run<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -151,6 +151,8 @@ impl RawHttp {
     pub fn read_frame_head(&mut self) -> (u8, usize) {
         let mut head = [0u8; 2];
         self.stream.read_exact(&mut head).expect("frame header");
+        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+        assert_eq!(head[0] & 0x80, 0x80, "server messages are not fragmented");
         let len = match head[1] & 0x7f {
             126 => {
                 let mut l = [0u8; 2];
@@ -174,28 +176,13 @@ impl RawHttp {
         raw
     }
 
-    /// Reads one server frame: (opcode, payload). Server frames are never masked.
+    /// Reads one server frame: (opcode, payload). Server frames are never masked and (from
+    /// this server) never fragmented.
     pub fn read_frame(&mut self) -> (u8, Vec<u8>) {
-        let mut head = [0u8; 2];
-        self.stream.read_exact(&mut head).expect("frame header");
-        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut l = [0u8; 2];
-                self.stream.read_exact(&mut l).unwrap();
-                u16::from_be_bytes(l) as usize
-            }
-            127 => {
-                let mut l = [0u8; 8];
-                self.stream.read_exact(&mut l).unwrap();
-                u64::from_be_bytes(l) as usize
-            }
-            n => n as usize,
-        };
+        let (op, len) = self.read_frame_head();
         let mut payload = vec![0u8; len];
         self.stream.read_exact(&mut payload).expect("frame payload");
-        assert_eq!(head[0] & 0x80, 0x80, "server messages are not fragmented");
-        (head[0] & 0x0f, payload)
+        (op, payload)
     }
 
     /// Reads frames until a close frame; returns its code.

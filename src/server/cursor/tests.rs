@@ -7,8 +7,8 @@ use super::*;
 use crate::server::Entry;
 
 /// An in-memory socket that accepts a scripted number of bytes per write, then `WouldBlock`.
-struct Sink {
-    got: Vec<u8>,
+pub(crate) struct Sink {
+    pub(crate) got: Vec<u8>,
     /// Per call: `Some(n)` takes up to n bytes, `None` is `WouldBlock`; cycles.
     script: Vec<Option<usize>>,
     call: usize,
@@ -16,7 +16,7 @@ struct Sink {
 }
 
 impl Sink {
-    fn new(script: Vec<Option<usize>>) -> Self {
+    pub(crate) fn new(script: Vec<Option<usize>>) -> Self {
         Sink {
             got: Vec::new(),
             script,

@@ -1,42 +1,8 @@
-use std::io::{self, Write};
-
 use proptest::prelude::*;
 
 use super::*;
+use crate::server::cursor::tests::Sink;
 use crate::server::cursor::{Cursor, Flushed};
-
-/// Takes a scripted number of bytes per write (`None`: `WouldBlock`), cycling.
-struct Sink {
-    got: Vec<u8>,
-    script: Vec<Option<usize>>,
-    call: usize,
-}
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[io::IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let step = self.script[self.call % self.script.len()];
-        self.call += 1;
-        let Some(mut room) = step else {
-            return Err(io::ErrorKind::WouldBlock.into());
-        };
-        let mut n = 0;
-        for b in bufs {
-            let take = b.len().min(room);
-            self.got.extend_from_slice(&b[..take]);
-            room -= take;
-            n += take;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Server frames back into (binary, payload).
 fn parse_frames(mut bytes: &[u8]) -> Vec<(bool, Vec<u8>)> {
@@ -96,11 +62,7 @@ fn each_message_is_one_frame_with_its_opcode() {
         let log = log_of(wire, &msgs);
         let mut frames = Rendition::new(1, wire);
         frames.catch_up(&log);
-        let mut sink = Sink {
-            got: Vec::new(),
-            script: vec![Some(usize::MAX)],
-            call: 0,
-        };
+        let mut sink = Sink::new(vec![Some(usize::MAX)]);
         let mut c = Cursor::at(0);
         assert_eq!(
             c.flush(&frames.log, None, &mut sink).unwrap(),
@@ -134,7 +96,7 @@ proptest! {
         frames.catch_up(&log);
         let mut script = script;
         script.push(Some(5)); // always some progress
-        let mut sink = Sink { got: Vec::new(), script, call: 0 };
+        let mut sink = Sink::new(script);
         let mut c = Cursor::at(0);
         for _ in 0..100_000 {
             if !c.is_behind(&log) {
@@ -167,11 +129,7 @@ fn a_rendition_left_behind_starts_again_at_the_logs_oldest_message() {
     log.trim_before(8);
     frames.catch_up(&log);
     assert_eq!((frames.log.first_seq(), frames.log.end_seq()), (8, 10));
-    let mut sink = Sink {
-        got: Vec::new(),
-        script: vec![Some(usize::MAX)],
-        call: 0,
-    };
+    let mut sink = Sink::new(vec![Some(usize::MAX)]);
     Cursor::at(8).flush(&frames.log, None, &mut sink).unwrap();
     assert_eq!(
         parse_frames(&sink.got),
