@@ -3,13 +3,11 @@
 //!
 //! An HTTP connection is a *side* connection until it upgrades: it is no receiver of the log
 //! and is driven by its own readiness events ([`Side::drive`]). After `101` it is a WebSocket
-//! receiver like a TCP one (the fan-out writes it with [`Cursor::flush_ws`]), whose input is
-//! decoded frame by frame into messages in the server's wire form ([`WsState::read`]). A
-//! WebSocket client that is closed with a close frame becomes a side connection again: it is
-//! sent the rest of the message under way and the close frame, then lingers until the client
-//! closes.
-//!
-//! [`Cursor::flush_ws`]: super::cursor::Cursor::flush_ws
+//! receiver like a TCP one (the fan-out writes it from the log rendered as frames, see
+//! `rendition.rs`), whose input is decoded frame by frame into messages in the server's wire
+//! form ([`WsState::read`]). A WebSocket client that is closed with a close frame becomes a
+//! side connection again: it is sent the rest of the message under way and the close frame,
+//! then lingers until the client closes.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
