@@ -155,6 +155,22 @@ fn fragmented_messages_with_a_ping_between_are_one_message_and_the_ping_is_answe
 }
 
 #[test]
+fn every_ping_of_a_burst_is_answered_in_order() {
+    let (_server, http) = start(&[]);
+    let mut raw = RawHttp::upgrade(http);
+    // Ten pings in one write, as Autobahn's case 2.10 sends them.
+    let pings: Vec<Vec<u8>> = (0..10).map(|i| format!("ping {i}").into_bytes()).collect();
+    let burst: Vec<u8> = pings
+        .iter()
+        .flat_map(|p| client_frame(9, p, true))
+        .collect();
+    raw.send(&burst);
+    for ping in pings {
+        assert_eq!(raw.read_frame(), (10, ping));
+    }
+}
+
+#[test]
 fn a_close_gets_a_close_reply_with_the_same_code() {
     let (server, http) = start(&[]);
     let mut raw = RawHttp::upgrade(http);

@@ -2,7 +2,7 @@
 # Idempotent install of the Autobahn WebSocket testsuite (wstest, Python 2.7 code)
 # into a self-contained directory, plus a launcher that works without a virtualenv.
 #
-#   usage: install.sh [DEST]        DEST defaults to <dir of this script>/pkgs
+#   usage: install.sh [DEST]        DEST defaults to <repo>/target/autobahn/pkgs (git-ignored)
 #
 # env:  PY2=/path/to/python2.7               (default: newest ~/.pyenv/versions/2.7.*)
 #       AUTOBAHN_SUITE_VERSION=25.10.1       (PyPI autobahntestsuite version; 0.8.2 also py2)
@@ -20,7 +20,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-DEST=$(realpath -m -- "${1:-$HERE/pkgs}")   # absolute: the launcher bakes it in
+REPO=$(cd "$HERE/../.." && pwd)
+DEST=$(realpath -m -- "${1:-$REPO/target/autobahn/pkgs}")   # absolute: the launcher bakes it in
 VERSION=${AUTOBAHN_SUITE_VERSION:-25.10.1}
 PIP_TIMEOUT=${PIP_TIMEOUT:-900}
 # pip 19.2 (last for 2.7 here) ignores PIP_NO_PYTHON_VERSION_WARNING; PYTHONWARNINGS silences its banner

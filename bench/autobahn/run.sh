@@ -7,11 +7,12 @@
 #            (12.* / 13.* = permessage-deflate; excluded by default, they are UNIMPLEMENTED
 #             for a server without compression and summary.py never gates on them)
 #
-# env:  PKGS=<dir>      install dir from install.sh      (default <here>/pkgs)
-#       OUT=<dir>       where spec/log/reports go         (default <here>/out/<timestamp>; out/latest -> it)
+# env:  PKGS=<dir>      install dir from install.sh      (default <repo>/target/autobahn/pkgs)
+#       OUT=<dir>       where spec/log/reports go         (default <repo>/target/autobahn/out/<timestamp>;
+#                       out/latest -> the newest run there)
 #       AGENT=name      agent label in the reports        (default "testee")
 #       EXCLUDE=...     exclude-case patterns             (default "12.*,13.*")
-#       TIMEOUT=secs    hard bound for the whole suite    (default 600; 1-10 takes ~1-2 min on loopback)
+#       TIMEOUT=secs    hard bound for the whole suite    (default 600; cases 1-10 take ~15-20 s on loopback)
 #       WAIT=secs       wait this long for URL's port to accept TCP (default 15)
 #       GATE=1-10       groups whose FAILED/MISSING make the exit non-zero (summary.py --gate)
 #       IGNORE_BENCH=1  run even if a benchmark (compare.py / mob bench / cargo bench) is running
@@ -21,19 +22,20 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+WORK=$(cd "$HERE/../.." && pwd -P)/target/autobahn
 URL=${1:-}
 CASES=${2:-"1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*"}
 EXCLUDE=${EXCLUDE-"12.*,13.*"}
-PKGS=${PKGS:-$HERE/pkgs}
+PKGS=${PKGS:-$WORK/pkgs}
 AGENT=${AGENT:-testee}
 TIMEOUT=${TIMEOUT:-600}
 WAIT=${WAIT:-15}
 GATE=${GATE:-1-10}
-OUT=$(realpath -m -- "${OUT:-$HERE/out/$(date +%Y%m%d-%H%M%S)}")
+OUT=$(realpath -m -- "${OUT:-$WORK/out/$(date +%Y%m%d-%H%M%S)}")
 PKGS=$(realpath -m -- "$PKGS")
 
 if [[ -z "$URL" || "$URL" == -h || "$URL" == --help ]]; then
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 3
+  sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 3
 fi
 if [[ ! -x "$PKGS/wstest" || ! -f "$PKGS/.installed" ]]; then
   echo "run.sh: testsuite not installed in $PKGS; run: $HERE/install.sh ${PKGS}" >&2; exit 3
@@ -99,7 +101,8 @@ spec = {
 with open(path, "w") as f:
     json.dump(spec, f, indent=2)
 EOF
-ln -sfn "$OUT" "$HERE/out/latest" 2>/dev/null || true
+# The newest run under target/autobahn/out is also target/autobahn/out/latest.
+[[ "$(dirname "$OUT")" == "$WORK/out" ]] && ln -sfn "$OUT" "$WORK/out/latest"
 
 echo "run.sh: wstest fuzzingclient -> $URL  cases [$CASES] exclude [$EXCLUDE]  timeout ${TIMEOUT}s"
 echo "run.sh: spec $OUT/spec.json, log $OUT/wstest.log"

@@ -227,10 +227,12 @@ pub struct WsState {
     /// Control bytes being written (the `101` answer first, then pongs and pings), always
     /// whole frames, written only between whole messages.
     ctrl: BytesMut,
-    /// The payload of the latest ping not yet answered: only the latest is answered (RFC 6455
-    /// section 5.5.3 allows that), so a client sending pings it never reads the answers to
+    /// The payloads of the pings not yet answered, oldest first: each is answered, in order
+    /// (Autobahn's case 2.10 sends ten in one write and expects ten pongs). At most
+    /// [`PONGS_OWED`]: past that the oldest is dropped (RFC 6455 section 5.5.3 allows
+    /// answering only the latest), so a client sending pings it never reads the answers to
     /// cannot make this grow.
-    pong: Option<Bytes>,
+    pongs: VecDeque<Bytes>,
     /// A keepalive ping is to be sent.
     ping_due: bool,
     /// A keepalive ping was sent and nothing has arrived since.
@@ -248,7 +250,7 @@ impl WsState {
             decoder: Decoder::new(max_message),
             input: rest,
             ctrl: BytesMut::from(&handshake::upgrade_response(accept)[..]),
-            pong: None,
+            pongs: VecDeque::new(),
             ping_due: false,
             ping_sent: false,
             wire,
@@ -258,7 +260,7 @@ impl WsState {
 
     /// Whether a control frame waits to be written.
     pub fn has_ctrl(&self) -> bool {
-        !self.ctrl.is_empty() || (!self.closing && (self.pong.is_some() || self.ping_due))
+        !self.ctrl.is_empty() || (!self.closing && (!self.pongs.is_empty() || self.ping_due))
     }
 
     /// Asks for a keepalive ping (`--idle-timeout`): the client's pong counts as input.
@@ -269,12 +271,12 @@ impl WsState {
         }
     }
 
-    /// Queues the close frame of a shutdown (after a pong owed), once; nothing follows it.
+    /// Queues the close frame of a shutdown (after the pongs owed), once; nothing follows it.
     pub fn going_away(&mut self) {
         if self.closing {
             return;
         }
-        if let Some(payload) = self.pong.take() {
+        for payload in self.pongs.drain(..) {
             control_frame(&mut self.ctrl, frame::Control::Pong, &payload);
         }
         self.ping_due = false;
@@ -285,7 +287,7 @@ impl WsState {
     /// The control bytes not yet written (whole frames, or the rest of one begun).
     pub fn take_ctrl(&mut self) -> Option<Bytes> {
         let mut out = std::mem::take(&mut self.ctrl);
-        if let Some(payload) = self.pong.take() {
+        for payload in self.pongs.drain(..) {
             control_frame(&mut out, frame::Control::Pong, &payload);
         }
         (!out.is_empty()).then(|| out.freeze())
@@ -300,13 +302,14 @@ impl WsState {
                     self.ctrl = BytesMut::new();
                     return Ok(true);
                 }
-                if let Some(payload) = self.pong.take() {
+                if let Some(payload) = self.pongs.pop_front() {
                     control_frame(&mut self.ctrl, frame::Control::Pong, &payload);
                 } else if std::mem::take(&mut self.ping_due) {
                     control_frame(&mut self.ctrl, frame::Control::Ping, b"");
                 } else {
                     // Idle clients hold no buffer.
                     self.ctrl = BytesMut::new();
+                    self.pongs = VecDeque::new();
                     return Ok(true);
                 }
             }
@@ -328,7 +331,7 @@ impl WsState {
     /// as `--max-pending` counts it, per `held_for`.
     fn decode(
         decoder: &mut Decoder,
-        pong: &mut Option<Bytes>,
+        pongs: &mut VecDeque<Bytes>,
         buf: &mut BytesMut,
         into: &mut Decoded<'_>,
     ) -> Result<(), DisconnectReason> {
@@ -337,7 +340,13 @@ impl WsState {
             match received {
                 Ok(None) => return Ok(()),
                 Ok(Some(Received::Message { text, payload })) => into.message(text, &payload)?,
-                Ok(Some(Received::Ping(payload))) => *pong = Some(payload),
+                Ok(Some(Received::Ping(payload))) => {
+                    if pongs.len() == PONGS_OWED {
+                        pongs.pop_front();
+                    }
+                    // Copied: a slice would keep the whole read block alive until it is sent.
+                    pongs.push_back(Bytes::copy_from_slice(&payload));
+                }
                 Ok(Some(Received::Pong)) => {}
                 Ok(Some(Received::Close { code })) => {
                     return Err(DisconnectReason::WsClosed(code));
@@ -374,7 +383,7 @@ impl WsState {
             );
             let decoded = Self::decode(
                 &mut self.decoder,
-                &mut self.pong,
+                &mut self.pongs,
                 &mut self.input,
                 &mut into,
             );
@@ -413,7 +422,7 @@ impl WsState {
                     );
                     let decoded = if self.input.is_empty() {
                         let decoded =
-                            Self::decode(&mut self.decoder, &mut self.pong, scratch, &mut into);
+                            Self::decode(&mut self.decoder, &mut self.pongs, scratch, &mut into);
                         if !scratch.is_empty() {
                             // An incomplete frame: kept in a buffer of its own.
                             self.input = BytesMut::from(&scratch[..]);
@@ -423,7 +432,7 @@ impl WsState {
                         self.input.extend_from_slice(scratch);
                         Self::decode(
                             &mut self.decoder,
-                            &mut self.pong,
+                            &mut self.pongs,
                             &mut self.input,
                             &mut into,
                         )
@@ -457,6 +466,9 @@ impl WsState {
         result
     }
 }
+
+/// Pongs owed to one client at most (each up to 125 bytes of payload).
+const PONGS_OWED: usize = 16;
 
 /// The shortest client frame: two bytes of header and four of mask.
 const FRAME_MIN: usize = 6;

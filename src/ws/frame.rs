@@ -3,7 +3,8 @@
 //!
 //! The header is parsed with tungstenite's [`FrameHeader`]; what a server must check about it
 //! (masking, reserved bits, control frame rules, fragmentation, sizes, UTF-8, close codes) is
-//! here, each failure naming the close code the connection must be closed with.
+//! here, each failure naming the close code the connection must be closed with. Text is
+//! checked fragment by fragment, so a message fails at the fragment that makes it invalid.
 
 use std::io::Cursor;
 
@@ -58,9 +59,36 @@ fn protocol(reason: &'static str) -> FrameError {
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
-    /// The fragments of a message begun and not finished: whether it is text, and its payload
-    /// so far.
-    partial: Option<(bool, BytesMut)>,
+    /// The fragments of a message begun and not finished.
+    partial: Option<Partial>,
+}
+
+/// A fragmented message being reassembled.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    /// The payload so far.
+    payload: BytesMut,
+    /// For text: how much of `payload` is known to be whole UTF-8 characters (the rest is at
+    /// most one character a fragment cut), so each byte is checked once and invalid text
+    /// fails at the fragment that makes it so, not at the end of the message.
+    checked: usize,
+}
+
+impl Partial {
+    /// Checks the text received so far, up to a character the last fragment cut.
+    fn check_text(&mut self) -> Result<(), FrameError> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.payload[self.checked..]) {
+            Ok(_) => self.checked = self.payload.len(),
+            // Only cut short, not wrong (yet): the next fragment decides.
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(not_utf8()),
+        }
+        Ok(())
+    }
 }
 
 impl Decoder {
@@ -94,7 +122,7 @@ impl Decoder {
             if is_control && (len > 125 || !header.is_final) {
                 return Err(protocol("control frame fragmented or over 125 bytes"));
             }
-            let so_far = self.partial.as_ref().map_or(0, |(_, p)| p.len());
+            let so_far = self.partial.as_ref().map_or(0, |p| p.payload.len());
             if !is_control && len > (self.max_message - so_far) as u64 {
                 return Err(FrameError {
                     code: close::TOO_BIG,
@@ -120,15 +148,21 @@ impl Decoder {
                     return Err(protocol("reserved opcode"))
                 }
                 OpCode::Data(Data::Continue) => {
-                    let Some((text, mut so_far)) = self.partial.take() else {
+                    let Some(mut partial) = self.partial.take() else {
                         return Err(protocol("continuation frame without a message"));
                     };
-                    so_far.extend_from_slice(&payload);
+                    partial.payload.extend_from_slice(&payload);
                     if !header.is_final {
-                        self.partial = Some((text, so_far));
+                        partial.check_text()?;
+                        self.partial = Some(partial);
                         continue;
                     }
-                    return message(text, so_far.freeze()).map(Some);
+                    let Partial {
+                        text,
+                        payload,
+                        checked,
+                    } = partial;
+                    return message(text, payload.freeze(), checked).map(Some);
                 }
                 OpCode::Data(data) => {
                     if self.partial.is_some() {
@@ -136,10 +170,16 @@ impl Decoder {
                     }
                     let text = data == Data::Text;
                     if !header.is_final {
-                        self.partial = Some((text, payload));
+                        let mut partial = Partial {
+                            text,
+                            payload,
+                            checked: 0,
+                        };
+                        partial.check_text()?;
+                        self.partial = Some(partial);
                         continue;
                     }
-                    return message(text, payload.freeze()).map(Some);
+                    return message(text, payload.freeze(), 0).map(Some);
                 }
             }
         }
@@ -147,18 +187,24 @@ impl Decoder {
 
     /// Bytes held for a message being reassembled.
     pub fn held(&self) -> usize {
-        self.partial.as_ref().map_or(0, |(_, p)| p.capacity())
+        self.partial.as_ref().map_or(0, |p| p.payload.capacity())
     }
 }
 
-fn message(text: bool, payload: Bytes) -> Result<Received, FrameError> {
-    if text && std::str::from_utf8(&payload).is_err() {
-        return Err(FrameError {
-            code: close::INVALID_DATA,
-            reason: "text message not UTF-8",
-        });
+/// A whole message, its text checked from `checked` on (what came before was checked
+/// fragment by fragment).
+fn message(text: bool, payload: Bytes, checked: usize) -> Result<Received, FrameError> {
+    if text && std::str::from_utf8(&payload[checked..]).is_err() {
+        return Err(not_utf8());
     }
     Ok(Received::Message { text, payload })
+}
+
+fn not_utf8() -> FrameError {
+    FrameError {
+        code: close::INVALID_DATA,
+        reason: "text message not UTF-8",
+    }
 }
 
 /// A close frame's body: nothing, or a valid code and a UTF-8 reason.

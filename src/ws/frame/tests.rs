@@ -134,6 +134,47 @@ fn each_bad_input_names_its_close_code() {
 }
 
 #[test]
+fn invalid_text_fails_at_the_fragment_that_makes_it_so() {
+    // Autobahn 6.4.1: the second fragment is not UTF-8; the third is never needed.
+    let mut wire = client_frame(false, 1, "κόσμε".as_bytes(), MASK);
+    wire.extend(client_frame(false, 0, b"\xce\xbd\xed\xa0\x80", MASK));
+    assert_eq!(
+        decode_all(&mut Decoder::new(1024), &wire).map_err(|e| e.code),
+        Err(close::INVALID_DATA)
+    );
+    // Autobahn 6.4.2: a fragment ending in a character cut short that can no longer be valid.
+    let wire = client_frame(false, 1, b"ok\xf4\x90", MASK);
+    assert_eq!(
+        decode_all(&mut Decoder::new(1024), &wire).map_err(|e| e.code),
+        Err(close::INVALID_DATA)
+    );
+}
+
+#[test]
+fn characters_cut_by_fragments_are_whole_again() {
+    let smile = "😀".as_bytes();
+    // "é" cut after its first byte, "😀" after its first and third.
+    let mut wire = client_frame(false, 1, b"h\xc3", MASK);
+    wire.extend(client_frame(
+        false,
+        0,
+        &[b"\xa9".as_slice(), &smile[..1]].concat(),
+        MASK,
+    ));
+    wire.extend(client_frame(false, 0, &smile[1..3], MASK));
+    wire.extend(client_frame(true, 0, &smile[3..], MASK));
+    let got = decode_all(&mut Decoder::new(1024), &wire).unwrap();
+    assert_eq!(got, [text("hé😀")]);
+    // A character still cut when the message ends is not text.
+    let mut wire = client_frame(false, 1, b"a\xc3", MASK);
+    wire.extend(client_frame(true, 0, b"", MASK));
+    assert_eq!(
+        decode_all(&mut Decoder::new(1024), &wire).map_err(|e| e.code),
+        Err(close::INVALID_DATA)
+    );
+}
+
+#[test]
 fn close_frames_are_read_with_or_without_a_code() {
     let got = decode_all(&mut Decoder::new(16), &client_frame(true, 8, b"", MASK)).unwrap();
     assert_eq!(got, [Received::Close { code: None }]);
@@ -171,6 +212,33 @@ fn unmasking_eight_at_a_time_matches_byte_by_byte() {
 }
 
 proptest! {
+    /// A text message cut into fragments anywhere (inside characters too) is accepted exactly
+    /// when the whole is UTF-8.
+    #[test]
+    fn fragmented_text_is_valid_exactly_when_the_whole_is(
+        payload in prop_oneof![
+            any::<String>().prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ],
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c.index(payload.len() + 1)).collect();
+        ends.sort();
+        ends.push(payload.len());
+        let mut wire = Vec::new();
+        let mut from = 0;
+        for (i, &to) in ends.iter().enumerate() {
+            let opcode = if i == 0 { 1 } else { 0 };
+            wire.extend(client_frame(i + 1 == ends.len(), opcode, &payload[from..to], MASK));
+            from = to;
+        }
+        let got = decode_all(&mut Decoder::new(1 << 20), &wire);
+        match std::str::from_utf8(&payload) {
+            Ok(s) => prop_assert_eq!(got, Ok(vec![text(s)])),
+            Err(_) => prop_assert_eq!(got.map_err(|e| e.code), Err(close::INVALID_DATA)),
+        }
+    }
+
     /// Messages fragmented at random, pings between fragments, the stream cut at random
     /// points: the same messages and pings, in order, whatever the cuts.
     #[test]
