@@ -583,3 +583,31 @@ fn a_request_head_not_complete_within_10_s_is_closed() {
     );
     server.log.wait_for(&["did not complete its request"]);
 }
+
+#[test]
+fn a_client_that_sends_then_closes_is_sent_what_came_before_its_close_then_the_close_reply() {
+    let (server, http) = start(&[]);
+    let mut tcp = server.connect();
+    let mut raw = RawHttp::upgrade(http);
+    raw.send(&client_frame(1, b"ready", true));
+    tcp.expect(b"ready\n");
+    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    // A message and the close in one write: its own message is sequenced before the close.
+    let mut bytes = client_frame(1, b"last words", true);
+    bytes.extend(client_frame(8, &1000u16.to_be_bytes(), true));
+    raw.send(&bytes);
+    tcp.expect(b"last words\n");
+    assert_eq!(raw.read_frame(), (1, b"last words".to_vec()));
+    assert_eq!(raw.read_close_code(), 1000);
+    // The same for a client at fault: a message, then an unmasked frame.
+    let mut raw = RawHttp::upgrade(http);
+    raw.send(&client_frame(1, b"ready", true));
+    tcp.expect(b"ready\n");
+    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    let mut bytes = client_frame(1, b"then garbage", true);
+    bytes.extend(client_frame(1, b"naked", false));
+    raw.send(&bytes);
+    tcp.expect(b"then garbage\n");
+    assert_eq!(raw.read_frame(), (1, b"then garbage".to_vec()));
+    assert_eq!(raw.read_close_code(), 1002);
+}

@@ -143,6 +143,9 @@ pub struct Connection {
     pub dropped: u64,
     /// TCP, WebSocket, or an HTTP connection not (or no longer) receiving.
     pub transport: Transport,
+    /// Why the connection ends once it has been sent all up to `eof_at`, when that is not a
+    /// plain end of stream (a WebSocket client's close frame or fault: it gets a close frame).
+    pub end: Option<DisconnectReason>,
 }
 
 impl Connection {
@@ -171,6 +174,7 @@ impl Connection {
             shortest: usize::MAX,
             dropped: 0,
             transport,
+            end: None,
         }
     }
 
@@ -391,6 +395,11 @@ impl Connection {
     pub fn owes(&self, log: &super::Log, echo_self: bool) -> bool {
         let skip = (!echo_self).then_some(self.id);
         self.cursor.owes(log, skip)
+    }
+
+    /// Why a finished connection ends (see [`end`](Self::end)).
+    pub fn end_reason(&mut self) -> DisconnectReason {
+        self.end.take().unwrap_or(DisconnectReason::Closed)
     }
 
     /// Whether the client closed its side and has now been sent all it is owed.

@@ -635,6 +635,15 @@ impl EventLoop {
                     self.fanout.wake(key, conn);
                     debug!(peer = %conn.peer, "client closed its sending side");
                 }
+                Err(reason) if web::close_frame_for(&reason).is_some() && !draining => {
+                    // A WebSocket client's close, or its fault: like an end of stream, it is
+                    // first sent what was sequenced before (its own messages included), then
+                    // the close frame.
+                    conn.queued = false;
+                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+                    conn.end = Some(reason);
+                    self.fanout.wake(key, conn);
+                }
                 Err(reason) => {
                     conn.queued = false;
                     self.closing.push((key, reason));

@@ -305,7 +305,7 @@ impl Fanout {
                 }
             }
             if conn.is_finished() {
-                closing.push((key, DisconnectReason::Closed));
+                closing.push((key, conn.end_reason()));
                 continue;
             }
             if policy.draining && !conn.write_shut && !conn.blocked && !conn.cursor.is_behind(log) {
