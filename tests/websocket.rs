@@ -611,3 +611,30 @@ fn a_client_that_sends_then_closes_is_sent_what_came_before_its_close_then_the_c
     assert_eq!(raw.read_frame(), (1, b"then garbage".to_vec()));
     assert_eq!(raw.read_close_code(), 1002);
 }
+
+/// Clients that leave one byte of an unfinished message after a burst of input hold that
+/// byte, not the read block it arrived in. (Before: 256 KiB each, uncounted.)
+#[test]
+fn unfinished_messages_after_a_burst_hold_their_bytes_not_read_blocks() {
+    let (server, http) = start(&[]);
+    let before = server.rss();
+    let pings: Vec<u8> = (0..2000)
+        .flat_map(|_| client_frame(9, &[b'p'; 125], true))
+        .collect();
+    let mut clients: Vec<RawHttp> = (0..200).map(|_| RawHttp::upgrade(http)).collect();
+    for c in &mut clients {
+        c.send(&pings);
+        c.send(&client_fragment(1, b"x", true, false));
+    }
+    // Every client's input has been read once a message sent after it is relayed.
+    let mut tcp = server.connect();
+    let mut last = Ws::connect(http);
+    last.send_text("after");
+    tcp.expect(b"after\n");
+    let growth = server.rss().saturating_sub(before);
+    assert!(
+        growth < 4 << 20,
+        "200 clients with an unfinished message grew the server by {} MiB",
+        growth >> 20
+    );
+}

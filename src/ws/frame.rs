@@ -122,6 +122,9 @@ impl Decoder {
             if is_control && (len > 125 || !header.is_final) {
                 return Err(protocol("control frame fragmented or over 125 bytes"));
             }
+            if len >> 63 != 0 {
+                return Err(protocol("frame length with its most significant bit set"));
+            }
             let so_far = self.partial.as_ref().map_or(0, |p| p.payload.len());
             if !is_control && len > (self.max_message - so_far) as u64 {
                 return Err(FrameError {
@@ -172,7 +175,9 @@ impl Decoder {
                     if !header.is_final {
                         let mut partial = Partial {
                             text,
-                            payload,
+                            // Copied: a slice of the read buffer would keep all of it (the
+                            // loop's shared block) alive while the message stays unfinished.
+                            payload: BytesMut::from(&payload[..]),
                             checked: 0,
                         };
                         partial.check_text()?;
@@ -214,7 +219,9 @@ fn close_frame(body: &[u8]) -> Result<Received, FrameError> {
         [_] => Err(protocol("close frame of one byte")),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            // 1012-1014 are registered with IANA since RFC 6455; 1004-1006 and 1015 must
+            // never be sent.
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             if !valid {
                 return Err(protocol("invalid close code"));
             }

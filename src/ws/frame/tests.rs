@@ -94,6 +94,24 @@ fn each_bad_input_names_its_close_code() {
         (client_frame(true, 9, &[0; 126], MASK), close::PROTOCOL),
         // Continuation with nothing to continue.
         (client_frame(true, 0, b"x", MASK), close::PROTOCOL),
+        // A 64-bit length with its most significant bit set (not a size at all).
+        (
+            [0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4].to_vec(),
+            close::PROTOCOL,
+        ),
+        // Close codes that must never be sent, or are not defined.
+        (
+            client_frame(true, 8, &1005u16.to_be_bytes(), MASK),
+            close::PROTOCOL,
+        ),
+        (
+            client_frame(true, 8, &1015u16.to_be_bytes(), MASK),
+            close::PROTOCOL,
+        ),
+        (
+            client_frame(true, 8, &5000u16.to_be_bytes(), MASK),
+            close::PROTOCOL,
+        ),
         // Not UTF-8.
         (
             client_frame(true, 1, &[0xff, 0xfe], MASK),
@@ -184,6 +202,28 @@ fn close_frames_are_read_with_or_without_a_code() {
     )
     .unwrap();
     assert_eq!(got, [Received::Close { code: Some(1000) }]);
+    // Registered since RFC 6455 (service restart, try again later, bad gateway).
+    for code in [1012u16, 1013, 1014] {
+        let frame = client_frame(true, 8, &code.to_be_bytes(), MASK);
+        let got = decode_all(&mut Decoder::new(16), &frame).unwrap();
+        assert_eq!(got, [Received::Close { code: Some(code) }]);
+    }
+}
+
+#[test]
+fn an_unfinished_message_holds_its_own_bytes_not_the_read_buffer() {
+    let mut decoder = Decoder::new(1 << 20);
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    buf.extend_from_slice(&client_frame(false, 1, b"x", MASK));
+    // And the start of the next fragment, as a read may leave it.
+    buf.extend_from_slice(&client_frame(true, 0, b"hello", MASK)[..4]);
+    assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+    // The fragment is a copy: nothing else refers to the read buffer's block.
+    assert!(
+        buf.freeze().is_unique(),
+        "the fragment pins the read buffer"
+    );
+    assert!(decoder.held() < 64, "holds {} bytes", decoder.held());
 }
 
 #[test]
