@@ -638,3 +638,42 @@ fn unfinished_messages_after_a_burst_hold_their_bytes_not_read_blocks() {
         growth >> 20
     );
 }
+
+/// A client that sends pings and never reads the pongs holds at most a few pongs' worth.
+#[test]
+fn pings_never_read_do_not_grow_the_server() {
+    let (server, http) = start(&[]);
+    let mut tcp = server.connect();
+    let mut flooder = RawHttp::upgrade_small_buffer(http);
+    flooder.send(&client_frame(1, b"ready", true));
+    tcp.expect(b"ready\n");
+    let before = server.rss();
+    let burst: Vec<u8> = (0..1000)
+        .flat_map(|_| client_frame(9, &[b'p'; 125], true))
+        .collect();
+    for _ in 0..100 {
+        flooder.send(&burst);
+    }
+    // All 100,000 pings were read once the message sent after them is relayed.
+    flooder.send(&client_frame(1, b"marker", true));
+    tcp.expect(b"marker\n");
+    let growth = server.rss().saturating_sub(before);
+    assert!(
+        growth < 4 << 20,
+        "100,000 unread pongs grew the server by {} MiB",
+        growth >> 20
+    );
+}
+
+#[test]
+fn no_echo_self_leaves_a_websocket_sender_out() {
+    let (server, http) = start(&["--no-echo-self"]);
+    let mut tcp = server.connect();
+    let mut a = RawHttp::upgrade(http);
+    // The last to join speaks first: once the TCP client has it, everyone is a receiver.
+    a.send(&client_frame(1, b"from a", true));
+    tcp.expect(b"from a\n");
+    tcp.send(b"from tcp\n");
+    // `a` was not sent its own message: the first thing it gets is the TCP client's.
+    assert_eq!(a.read_frame(), (1, b"from tcp".to_vec()));
+}

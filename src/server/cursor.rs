@@ -155,8 +155,10 @@ impl Cursor {
                     n += 1;
                 }
                 if n == 0 {
-                    // Nothing to send but (perhaps) own messages: step over them.
-                    self.next_seq = log.end_seq();
+                    // Nothing to send but (perhaps) own messages: step over them. (Never
+                    // back: a receiver that joined where the order ended may be ahead of this
+                    // loop's log, and a WebSocket one is flushed for its control frames.)
+                    self.next_seq = self.next_seq.max(log.end_seq());
                     return Ok(Flushed::CaughtUp);
                 }
                 // SAFETY: the first `n` slots were initialised above, and MaybeUninit<T> has

@@ -140,7 +140,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::PageServed => f.write_str("served the page"),
             DisconnectReason::HttpTimeout => write!(
                 f,
-                "HTTP client did not complete its request or close within {}s",
+                "HTTP client did not complete its request, or take its answer and close, within {}s",
                 super::web::SIDE_TIMEOUT.as_secs()
             ),
         }

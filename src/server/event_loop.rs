@@ -524,16 +524,17 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let ws = WsState::new(self.config.max_message, self.config.protocol, accept, rest);
-        conn.transport = Transport::Ws(Box::new(ws));
-        if let Err(e) =
+        let registered =
             self.poll
                 .registry()
-                .reregister(&mut conn.socket, Token(key), Interest::READABLE)
-        {
+                .reregister(&mut conn.socket, Token(key), Interest::READABLE);
+        if let Err(e) = registered {
+            // Still a side connection: it is closed as one (it never joined the receivers).
             self.closing.push((key, DisconnectReason::Reset(e)));
             return;
         }
+        let ws = WsState::new(self.config.max_message, self.config.protocol, accept, rest);
+        conn.transport = Transport::Ws(Box::new(ws));
         conn.wants_writable = false;
         conn.blocked = false;
         let join_at = self.sequencer.join_point(&self.fanout.log, None);
@@ -784,7 +785,7 @@ impl EventLoop {
             };
             if let Transport::Side(side) = &mut conn.transport {
                 if side.deadline <= now {
-                    let reason = side.end(DisconnectReason::HttpTimeout);
+                    let reason = side.timed_out();
                     self.closing.push((key, reason));
                 }
             }

@@ -381,18 +381,20 @@ impl Fanout {
         self.log.trim_before(keep_from);
         self.rendition.trim(&self.log);
         self.trimmed_held_at = self.log.appended_held();
-        // The rendition counts too (its frames are near copies of the log's messages).
-        let rendered = self.rendition.log.held();
-        if self.log.held() + rendered <= policy.max_pending {
+        // The rendition counts too (its frames are near copies of the log's messages): the
+        // two are trimmed together, oldest first, until both fit. Not past where a connection
+        // handed to this loop joins: it is taken in this turn or the next, so the log passes
+        // --max-pending for that long at most.
+        let held = |f: &Self| f.log.held() + f.rendition.log.held();
+        if held(self) <= policy.max_pending {
             return;
         }
-        // Not past where a connection handed to this loop joins: it is taken in this turn or
-        // the next, so the log passes --max-pending for that long at most.
-        self.log.trim_to_keeping(
-            policy.max_pending.saturating_sub(rendered),
-            policy.join_floor,
-        );
-        self.rendition.trim(&self.log);
+        while held(self) > policy.max_pending
+            && self.log.first_seq() < policy.join_floor.min(self.log.end_seq())
+        {
+            self.log.trim_before(self.log.first_seq() + 1);
+            self.rendition.trim(&self.log);
+        }
         for &(key, id) in &self.members {
             let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {
                 continue;

@@ -103,6 +103,18 @@ impl Side {
         }
     }
 
+    /// Why the connection ends at its deadline: a time-out (closed with a reset, so the
+    /// kernel lets go of what it still holds for a client that stopped reading) unless its
+    /// answer was written whole and only its end of stream was awaited.
+    pub fn timed_out(&mut self) -> DisconnectReason {
+        match &mut self.phase {
+            Phase::Finish { out, then, .. } if out.is_empty() => {
+                then.take().unwrap_or(DisconnectReason::HttpTimeout)
+            }
+            _ => DisconnectReason::HttpTimeout,
+        }
+    }
+
     /// Why the connection ends now: what it was answered for, once it was; else `otherwise`.
     pub fn end(&mut self, otherwise: DisconnectReason) -> DisconnectReason {
         match &mut self.phase {
@@ -578,4 +590,55 @@ pub fn going_away() -> Bytes {
         &close::GOING_AWAY.to_be_bytes(),
     );
     out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::server::connection::{ReadBuffers, READ_FLOOR};
+    use crate::server::log::Log;
+
+    /// A flood of the smallest frames (empty text, six bytes each) is read no faster than the
+    /// held budget allows: a read takes at most `READ_FLOOR` bytes of them when the budget is
+    /// small, so one visit stops within a read of its budget.
+    #[test]
+    fn tiny_frames_are_read_within_the_held_budget() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let server = mio::net::TcpStream::from_std(server);
+        // 6-byte masked empty text frames, 64 KiB of them.
+        let frame = [0x81u8, 0x80, 1, 2, 3, 4];
+        let flood: Vec<u8> = frame.iter().copied().cycle().take(6 * 10_922).collect();
+        client.write_all(&flood).unwrap();
+        let log = Log::new();
+        let mut bufs = ReadBuffers::new(&log);
+        let mut ws = WsState::new(1 << 20, Protocol::Line, "x", BytesMut::new());
+        let held_budget = 1000; // well under one message's worth of READ_FLOOR
+        let now = Instant::now();
+        let mut last_input = now;
+        // The bytes may arrive in pieces: read until something was taken.
+        while bufs.batch.is_empty() {
+            let _ = ws
+                .read(
+                    &server,
+                    &mut bufs,
+                    0,
+                    1 << 20,
+                    held_budget,
+                    &mut last_input,
+                    now,
+                )
+                .unwrap();
+        }
+        assert!(
+            bufs.batch.len() <= READ_FLOOR / FRAME_MIN,
+            "one visit took {} messages",
+            bufs.batch.len()
+        );
+    }
 }

@@ -277,3 +277,15 @@ fn a_skipped_receiver_resumes_at_the_newest_message() {
     c.flush(&log, None, &mut sink).unwrap();
     assert_eq!(sink.got, b"c\n");
 }
+
+#[test]
+fn a_cursor_ahead_of_the_log_stays_where_it_is() {
+    // A receiver that joined where the order ended, ahead of its loop's log (several loops),
+    // and is flushed before that log catches up (a WebSocket receiver owed its 101).
+    let log = log_with(&[(b"a\n", 1), (b"b\n", 1)]);
+    let mut c = Cursor::at(5);
+    let mut sink = Sink::new(vec![Some(usize::MAX)]);
+    assert_eq!(c.flush(&log, None, &mut sink).unwrap(), Flushed::CaughtUp);
+    assert_eq!(c.next_seq(), 5);
+    assert!(sink.got.is_empty());
+}
