@@ -581,7 +581,7 @@ fn a_request_head_not_complete_within_10_s_is_closed() {
         waited >= std::time::Duration::from_secs(9),
         "closed after {waited:?}, before the 10 s it is given"
     );
-    server.log.wait_for(&["did not complete its request"]);
+    server.log.wait_for(&["did not complete its HTTP request"]);
 }
 
 #[test]
@@ -676,4 +676,109 @@ fn no_echo_self_leaves_a_websocket_sender_out() {
     tcp.send(b"from tcp\n");
     // `a` was not sent its own message: the first thing it gets is the TCP client's.
     assert_eq!(a.read_frame(), (1, b"from tcp".to_vec()));
+}
+
+#[test]
+fn a_client_that_closed_before_the_shutdown_is_sent_its_backlog_then_its_close_echo() {
+    let (server, http) = start(&["--max-pending", "64MiB"]);
+    let mut tcp = server.connect();
+    let mut probe = Ws::connect(http);
+    let mut raw = RawHttp::upgrade_small_buffer(http);
+    raw.send(&client_frame(1, b"ready", true));
+    tcp.expect(b"ready\n");
+    assert_eq!(probe.recv_text(), "ready");
+    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    tcp.discard_input();
+    let line = [b'y'; 999];
+    for _ in 0..20_000 {
+        tcp.send(&line);
+        tcp.send(b"\n");
+    }
+    // A last message and the close in one write: when the message is relayed, the close
+    // has been read too (before the shutdown).
+    let mut bytes = client_frame(1, b"last", true);
+    bytes.extend(client_frame(8, &4001u16.to_be_bytes(), true));
+    raw.send(&bytes);
+    while probe.recv_text() != "last" {}
+    server.signal(libc::SIGTERM);
+    // Everything sequenced before its close (the lines read before it, then its own last
+    // message), then the answer to its close.
+    let mut lines = 0;
+    loop {
+        let frame = raw.read_frame();
+        if frame == (1, b"last".to_vec()) {
+            break;
+        }
+        assert_eq!(frame, (1, line.to_vec()), "after {lines} lines");
+        lines += 1;
+    }
+    assert!(lines > 1000, "only {lines} lines before its own message");
+    assert_eq!(
+        raw.read_close_code(),
+        4001,
+        "its own close answered, after the backlog"
+    );
+}
+
+#[test]
+fn a_client_that_closes_and_never_reads_its_backlog_is_cut_after_10_s() {
+    // (Not idle while it is owed data after its close; before, it was held for ever.) More
+    // than the kernel's socket buffers take, so it is still owed data.
+    let (server, http) = start(&["--max-pending", "64MiB"]);
+    let mut tcp = server.connect();
+    let mut raw = RawHttp::upgrade_small_buffer(http);
+    raw.send(&client_frame(1, b"ready", true));
+    tcp.expect(b"ready\n");
+    tcp.discard_input();
+    let line = [b'z'; 999];
+    for _ in 0..20_000 {
+        tcp.send(&line);
+        tcp.send(b"\n");
+    }
+    raw.send(&client_frame(8, &1000u16.to_be_bytes(), true));
+    let started = std::time::Instant::now();
+    server.log.wait_for(&["take what it was owed"]);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(9),
+        "cut after {waited:?}"
+    );
+    drop(raw);
+}
+
+#[test]
+fn a_client_that_keeps_sending_after_its_answer_is_cut_off() {
+    let (server, http) = start(&[]);
+    let mut raw = RawHttp::connect(http);
+    raw.send(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(raw.read_head().starts_with("HTTP/1.1 404"));
+    // The server reads and drops what follows, up to 1 MiB, then resets.
+    let junk = vec![b'j'; 64 * 1024];
+    let mut sent = 0;
+    while sent < 4 << 20 {
+        if std::io::Write::write_all(&mut raw.stream, &junk).is_err() {
+            break;
+        }
+        sent += junk.len();
+    }
+    server
+        .log
+        .wait_for(&["kept sending after the connection was answered"]);
+}
+
+#[test]
+fn a_shutdown_does_not_wait_for_http_requests_not_yet_complete() {
+    let (mut server, http) = start(&["--shutdown-timeout", "30"]);
+    let mut slow = RawHttp::connect(http);
+    slow.send(b"GET / HTTP/1.1\r\n");
+    // Accepted and read: a message sent after it is relayed.
+    let mut tcp = server.connect();
+    let mut ws = Ws::connect(http);
+    ws.send_text("after");
+    tcp.expect(b"after\n");
+    drop((tcp, ws));
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(std::time::Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    assert!(slow.read_to_end().is_empty());
 }

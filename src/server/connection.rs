@@ -146,6 +146,8 @@ pub struct Connection {
     /// Why the connection ends once it has been sent all up to `eof_at`, when that is not a
     /// plain end of stream (a WebSocket client's close frame or fault: it gets a close frame).
     pub end: Option<DisconnectReason>,
+    /// With `end`: when the client is cut off if it has not taken what it is owed by then.
+    pub end_by: Option<Instant>,
 }
 
 impl Connection {
@@ -175,6 +177,7 @@ impl Connection {
             dropped: 0,
             transport,
             end: None,
+            end_by: None,
         }
     }
 

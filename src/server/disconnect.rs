@@ -140,7 +140,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::PageServed => f.write_str("served the page"),
             DisconnectReason::HttpTimeout => write!(
                 f,
-                "HTTP client did not complete its request, or take its answer and close, within {}s",
+                "client did not complete its HTTP request, or take what it was owed and close, within {}s",
                 super::web::SIDE_TIMEOUT.as_secs()
             ),
         }

@@ -115,6 +115,8 @@ pub struct EventLoop {
     accept_paused_until: Option<Instant>,
     /// The accept budget of a turn ran out with connections perhaps still waiting.
     accept_more: bool,
+    /// Which listener [`accept`](Self::accept) tries first (they take turns).
+    http_first: bool,
     /// Connections accepted in this turn, against [`ACCEPTS_PER_TURN`].
     accepted_this_turn: usize,
     /// Rate limits for the lines that clients can cause.
@@ -194,6 +196,7 @@ impl EventLoop {
             timer,
             accept_paused_until: None,
             accept_more: false,
+            http_first: false,
             accepted_this_turn: 0,
             log_limit: LogLimit::default(),
             shutdown_deadline: None,
@@ -365,7 +368,10 @@ impl EventLoop {
             return;
         }
         self.accept_paused_until = None;
-        for http in [false, true] {
+        // Each listener goes first every other time, so a connect flood on one cannot keep
+        // the other waiting.
+        self.http_first = !self.http_first;
+        for http in [self.http_first, !self.http_first] {
             if !self.accept_from(http, now) {
                 return;
             }
@@ -639,10 +645,14 @@ impl EventLoop {
                 Err(reason) if web::close_frame_for(&reason).is_some() && !draining => {
                     // A WebSocket client's close, or its fault: like an end of stream, it is
                     // first sent what was sequenced before (its own messages included), then
-                    // the close frame.
+                    // the close frame; all within the side deadline (it may not be idle, but
+                    // it must not hold its backlog for ever by never reading it).
                     conn.queued = false;
                     conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
                     conn.end = Some(reason);
+                    let by = now + web::SIDE_TIMEOUT;
+                    conn.end_by = Some(by);
+                    self.side_deadlines.push_back((by, key, conn.id));
                     self.fanout.wake(key, conn);
                 }
                 Err(reason) => {
@@ -669,10 +679,11 @@ impl EventLoop {
     }
 
     fn close(&mut self, key: usize, reason: DisconnectReason, now: Instant) {
-        let draining = self.shutdown_deadline.is_some();
         if let Some(conn) = self.conns.get_mut(key) {
             let ws = matches!(conn.transport, Transport::Ws(_));
-            if let Some(frame) = web::close_frame_for(&reason).filter(|_| ws && !draining) {
+            // Also while shutting down: a client that sent its close before is answered (the
+            // deadline closes what is left).
+            if let Some(frame) = web::close_frame_for(&reason).filter(|_| ws) {
                 self.fanout
                     .leave((conn.member_index, conn.id), true, &mut self.conns);
                 let conn = &mut self.conns[key];
@@ -788,6 +799,9 @@ impl EventLoop {
                     let reason = side.timed_out();
                     self.closing.push((key, reason));
                 }
+            } else if conn.end_by.is_some_and(|by| by <= now) {
+                // A WebSocket client that closed and has not taken what it was owed since.
+                self.closing.push((key, DisconnectReason::HttpTimeout));
             }
         }
         self.close_pending(now);
@@ -856,6 +870,14 @@ impl EventLoop {
         }
         if now < deadline {
             return false;
+        }
+        // Side connections (a close frame being written, or lingering) are owed nothing
+        // more of the log.
+        for (key, conn) in &self.conns {
+            if !conn.is_member() {
+                self.closing
+                    .push((key, DisconnectReason::Shutdown { owed: false }));
+            }
         }
         let log = &self.fanout.log;
         let echo_self = self.config.echo_self;

@@ -132,6 +132,8 @@ pub struct Fanout {
     rendition: Rendition,
     /// WebSocket receivers among the members.
     ws_members: usize,
+    /// The server's event loops: each holds a rendition of its own.
+    loops: usize,
 }
 
 impl Fanout {
@@ -140,6 +142,7 @@ impl Fanout {
         Fanout {
             rendition: Rendition::new(loops, wire),
             ws_members: 0,
+            loops,
             log: Log::for_loops(loops),
             members: Vec::new(),
             woken: Vec::new(),
@@ -366,6 +369,24 @@ impl Fanout {
         self.round = Some(Round::new(visit, full, now));
     }
 
+    /// Forgets the frames every WebSocket receiver has been sent (the log keeps what slower
+    /// TCP receivers still need, the rendition need not), never past where a connection
+    /// handed to this loop joins.
+    fn trim_rendition(&mut self, conns: &Slab<Connection>, join_floor: u64) {
+        let mut keep_from = self.log.first_seq().max(join_floor.min(self.log.end_seq()));
+        if self.ws_members > 0 {
+            let oldest = self
+                .members
+                .iter()
+                .filter_map(|&(key, id)| conns.get(key).filter(|c| c.id == id))
+                .filter(|c| c.is_websocket())
+                .map(|c| c.cursor.next_seq())
+                .min();
+            keep_from = keep_from.min(oldest.unwrap_or(u64::MAX));
+        }
+        self.rendition.trim(keep_from.max(self.log.first_seq()));
+    }
+
     /// After a full round: forget what everyone has been sent, and beyond `--max-pending` the
     /// oldest, dealing at once with the receivers that trim overtakes (slow consumers).
     fn end_full_round(
@@ -379,13 +400,13 @@ impl Fanout {
         let Some(round) = &self.round else { return };
         let keep_from = round.trim_point(self.log.end_seq()).min(policy.join_floor);
         self.log.trim_before(keep_from);
-        self.rendition.trim(&self.log);
+        self.trim_rendition(conns, policy.join_floor);
         self.trimmed_held_at = self.log.appended_held();
-        // The rendition counts too (its frames are near copies of the log's messages): the
-        // two are trimmed together, oldest first, until both fit. Not past where a connection
-        // handed to this loop joins: it is taken in this turn or the next, so the log passes
-        // --max-pending for that long at most.
-        let held = |f: &Self| f.log.held() + f.rendition.log.held();
+        // The rendition counts too (its frames are near copies of the log's messages), once
+        // per loop (each loop renders its own): the two are trimmed together, oldest first,
+        // until both fit. Not past where a connection handed to this loop joins: it is taken
+        // in this turn or the next, so the log passes --max-pending for that long at most.
+        let held = |f: &Self| f.log.held() + f.rendition.log.held() * f.loops;
         if held(self) <= policy.max_pending {
             return;
         }
@@ -393,7 +414,7 @@ impl Fanout {
             && self.log.first_seq() < policy.join_floor.min(self.log.end_seq())
         {
             self.log.trim_before(self.log.first_seq() + 1);
-            self.rendition.trim(&self.log);
+            self.rendition.trim(self.log.first_seq());
         }
         for &(key, id) in &self.members {
             let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {

@@ -77,9 +77,10 @@ impl Rendition {
         packer.flush(&mut push);
     }
 
-    /// Forgets what the log forgot.
-    pub fn trim(&mut self, log: &Log) {
-        self.log.trim_before(log.first_seq());
+    /// Forgets the frames before `seq`: what the log forgot, or what every WebSocket
+    /// receiver has been sent.
+    pub fn trim(&mut self, seq: u64) {
+        self.log.trim_before(seq);
     }
 
     /// Forgets everything (no WebSocket receiver is left to need it).

@@ -225,39 +225,34 @@ fn a_newcomer_joining_behind_the_log_end_is_visited_without_new_input() {
 
 /// With a WebSocket receiver the log and its rendition are trimmed together to --max-pending:
 /// a receiver behind by less than that (both counted) is not cut, one further behind is, and
-/// what is left fits. (Found by review: the rendition's size before the trim was taken off the
-/// log's share, so receivers were cut at about a quarter of --max-pending.)
+/// what is left fits; the rendition keeps only what WebSocket receivers still need. (Found by
+/// review: the rendition's size before the trim was taken off the log's share, so receivers
+/// were cut at about a quarter of --max-pending; and it kept frames no WebSocket receiver
+/// needed.)
 #[test]
 fn log_and_rendition_are_trimmed_together_to_max_pending() {
     use crate::server::web::WsState;
     let poll = mio::Poll::new().unwrap();
     let t0 = Instant::now();
     let mut fanout = Fanout::new(t0, 1, Protocol::Line);
-    let (mut conns, mut clients) = connections(&mut fanout, &poll, 0..3);
-    // Receiver 1 becomes a WebSocket receiver (as an upgrade does) and reads everything.
+    let (mut conns, clients) = connections(&mut fanout, &poll, 0..3);
+    // Receiver 1 becomes a WebSocket receiver (as an upgrade does).
     fanout.leave((conns[1].member_index, 1), false, &mut conns);
     let ws = WsState::new(1 << 20, Protocol::Line, "x", bytes::BytesMut::new());
     conns[1].transport = Transport::Ws(Box::new(ws));
     fanout.join(1, &mut conns[1], 0);
     let mut line = vec![b'x'; 999];
     line.push(b'\n');
-    for _ in 0..600 {
+    for _ in 0..700 {
         fanout.log.append(Bytes::from(line.clone()), 9);
     }
-    // Receiver 0 is blocked 300 messages in: the rest, in the log and rendered, is ~830 KB,
-    // under the 1 MiB limit. Receiver 2 is blocked at 0: 1.6 MB, over it.
-    conns[0].blocked = true;
-    conns[0].cursor = Cursor::at(300);
-    conns[2].blocked = true;
-    conns[2].cursor = Cursor::at(0);
-    let reader = std::thread::spawn({
-        let mut c = clients.remove(1);
-        move || {
-            let mut sink = vec![0u8; 1 << 16];
-            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            while matches!(std::io::Read::read(&mut c, &mut sink), Ok(n) if n > 0) {}
-        }
-    });
+    // Rendered as far as the WebSocket receiver was written before it blocked at 500.
+    fanout.rendition.catch_up(&fanout.log);
+    let at = [100, 500, 300]; // TCP, WebSocket, TCP
+    for (key, seq) in at.into_iter().enumerate() {
+        conns[key].blocked = true;
+        conns[key].cursor = Cursor::at(seq);
+    }
     let mut closing = Vec::new();
     for _ in 0..1000 {
         closing.extend(step(&mut fanout, &mut conns, &poll, policy()));
@@ -265,9 +260,26 @@ fn log_and_rendition_are_trimmed_together_to_max_pending() {
             break;
         }
     }
-    let held = fanout.log.held() + fanout.rendition.log.held();
-    let cut: Vec<usize> = closing.iter().map(|c| c.0).collect();
     let rendered = fanout.rendition.log.held();
+    let held = fanout.log.held() + rendered;
+    let cut: Vec<usize> = closing.iter().map(|c| c.0).collect();
+    // Receiver 0 needs 600 lines of log (827 KB as counted) and 200 frames (276 KB): more
+    // than 1 MiB together, though the log alone would fit. Receiver 2 needs 551 + 276 KB.
+    assert_eq!(
+        cut,
+        vec![0],
+        "only the receiver further behind than --max-pending is cut"
+    );
+    assert!(
+        held <= policy().max_pending,
+        "log and rendition hold {held} bytes"
+    );
+    assert_eq!(
+        fanout.rendition.log.first_seq(),
+        500,
+        "frames nobody needs were kept"
+    );
+    assert!(rendered > 0, "the rendition was made and counted");
     // The last WebSocket receiver leaving lets go of the rendition.
     fanout.leave((conns[1].member_index, 1), true, &mut conns);
     assert_eq!(
@@ -276,15 +288,4 @@ fn log_and_rendition_are_trimmed_together_to_max_pending() {
         "the rendition outlived its receivers"
     );
     drop((clients, conns));
-    let _ = reader.join();
-    assert_eq!(
-        cut,
-        vec![2],
-        "only the receiver further behind than --max-pending is cut"
-    );
-    assert!(
-        held <= policy().max_pending,
-        "log and rendition hold {held} bytes"
-    );
-    assert!(rendered > 0, "the rendition was made and counted");
 }
