@@ -680,7 +680,7 @@ fn no_echo_self_leaves_a_websocket_sender_out() {
 
 #[test]
 fn a_client_that_closed_before_the_shutdown_is_sent_its_backlog_then_its_close_echo() {
-    let (server, http) = start(&["--max-pending", "64MiB"]);
+    let (server, http) = start(&["--max-pending", "256MiB"]);
     let mut tcp = server.connect();
     let mut probe = Ws::connect(http);
     let mut raw = RawHttp::upgrade_small_buffer(http);
@@ -724,7 +724,7 @@ fn a_client_that_closed_before_the_shutdown_is_sent_its_backlog_then_its_close_e
 fn a_client_that_closes_and_never_reads_its_backlog_is_cut_after_10_s() {
     // (Not idle while it is owed data after its close; before, it was held for ever.) More
     // than the kernel's socket buffers take, so it is still owed data.
-    let (server, http) = start(&["--max-pending", "64MiB"]);
+    let (server, http) = start(&["--max-pending", "256MiB"]);
     let mut tcp = server.connect();
     let mut raw = RawHttp::upgrade_small_buffer(http);
     raw.send(&client_frame(1, b"ready", true));
