@@ -15,6 +15,19 @@ fn start(args: &[&str]) -> (Server, std::net::SocketAddr) {
     (server, http)
 }
 
+/// Makes sure `tcp` and `raw` are both receivers: the last to join speaks, both receive it.
+fn ready(tcp: &mut util::Client, raw: &mut RawHttp) {
+    raw.send(&client_frame(1, b"ready", true));
+    tcp.expect(b"ready\n");
+    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+}
+
+/// Fails unless the server's RSS grew by less than `mib` MiB since it was `before`.
+fn assert_grew_less_than(server: &Server, before: u64, mib: u64, what: &str) {
+    let growth = server.rss().saturating_sub(before);
+    assert!(growth < mib << 20, "{what} {} MiB", growth >> 20);
+}
+
 /// A TCP and a WebSocket client, both receivers once this returns (the last to join spoke, and
 /// both received it).
 fn joined(server: &Server, http: std::net::SocketAddr) -> (util::Client, Ws) {
@@ -131,9 +144,7 @@ fn fragmented_messages_with_a_ping_between_are_one_message_and_the_ping_is_answe
     let (server, http) = start(&[]);
     let mut tcp = server.connect();
     let mut raw = RawHttp::upgrade(http);
-    raw.send(&client_frame(1, b"ready", true));
-    tcp.expect(b"ready\n");
-    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    ready(&mut tcp, &mut raw);
     let mut bytes = client_fragment(1, b"one ", true, false);
     bytes.extend(client_frame(9, b"are you there", true));
     bytes.extend(client_fragment(0, b"two ", true, false));
@@ -437,9 +448,7 @@ fn at_shutdown_websocket_clients_get_everything_then_a_going_away_close() {
     let (server, http) = start(&[]);
     let mut tcp = server.connect();
     let mut raw = RawHttp::upgrade(http);
-    raw.send(&client_frame(1, b"ready", true));
-    tcp.expect(b"ready\n");
-    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    ready(&mut tcp, &mut raw);
     for i in 0..1000 {
         tcp.send(format!("line {i}\n").as_bytes());
     }
@@ -523,9 +532,7 @@ fn inside_a_big_message(args: &[&str]) -> (Server, util::Client, RawHttp, usize)
     let (server, http) = start(&all);
     let mut tcp = server.connect();
     let mut raw = RawHttp::upgrade_small_buffer(http);
-    raw.send(&client_frame(1, b"ready", true));
-    tcp.expect(b"ready\n");
-    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    ready(&mut tcp, &mut raw);
     tcp.discard_input();
     let mut big = vec![b'x'; 6 << 20];
     big.push(b'\n');
@@ -589,9 +596,7 @@ fn a_client_that_sends_then_closes_is_sent_what_came_before_its_close_then_the_c
     let (server, http) = start(&[]);
     let mut tcp = server.connect();
     let mut raw = RawHttp::upgrade(http);
-    raw.send(&client_frame(1, b"ready", true));
-    tcp.expect(b"ready\n");
-    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    ready(&mut tcp, &mut raw);
     // A message and the close in one write: its own message is sequenced before the close.
     let mut bytes = client_frame(1, b"last words", true);
     bytes.extend(client_frame(8, &1000u16.to_be_bytes(), true));
@@ -601,9 +606,7 @@ fn a_client_that_sends_then_closes_is_sent_what_came_before_its_close_then_the_c
     assert_eq!(raw.read_close_code(), 1000);
     // The same for a client at fault: a message, then an unmasked frame.
     let mut raw = RawHttp::upgrade(http);
-    raw.send(&client_frame(1, b"ready", true));
-    tcp.expect(b"ready\n");
-    assert_eq!(raw.read_frame(), (1, b"ready".to_vec()));
+    ready(&mut tcp, &mut raw);
     let mut bytes = client_frame(1, b"then garbage", true);
     bytes.extend(client_frame(1, b"naked", false));
     raw.send(&bytes);
@@ -631,11 +634,11 @@ fn unfinished_messages_after_a_burst_hold_their_bytes_not_read_blocks() {
     let mut last = Ws::connect(http);
     last.send_text("after");
     tcp.expect(b"after\n");
-    let growth = server.rss().saturating_sub(before);
-    assert!(
-        growth < 4 << 20,
-        "200 clients with an unfinished message grew the server by {} MiB",
-        growth >> 20
+    assert_grew_less_than(
+        &server,
+        before,
+        4,
+        "200 clients with an unfinished message grew the server by",
     );
 }
 
@@ -657,11 +660,11 @@ fn pings_never_read_do_not_grow_the_server() {
     // All 100,000 pings were read once the message sent after them is relayed.
     flooder.send(&client_frame(1, b"marker", true));
     tcp.expect(b"marker\n");
-    let growth = server.rss().saturating_sub(before);
-    assert!(
-        growth < 4 << 20,
-        "100,000 unread pongs grew the server by {} MiB",
-        growth >> 20
+    assert_grew_less_than(
+        &server,
+        before,
+        4,
+        "100,000 unread pongs grew the server by",
     );
 }
 
