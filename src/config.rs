@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub http: Option<SocketAddr>,
     /// Browser origins allowed to open a WebSocket besides the server's own host (`*`: any).
     pub allowed_origins: Vec<String>,
+    /// Where to serve `/metrics` and `/healthz`; `None` serves none.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +86,7 @@ impl Default for ServerConfig {
             threads: 1,
             http: None,
             allowed_origins: Vec::new(),
+            metrics: None,
         }
     }
 }

@@ -74,6 +74,9 @@ struct ServeArgs {
     /// server's own host; repeatable; `*` allows any.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
+    /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -165,6 +168,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         threads: args.threads,
         http: args.http,
         allowed_origins: args.allowed_origins,
+        metrics: args.metrics,
     };
     let mut server = Server::bind(config)?;
     server.handle_signals()?;
@@ -172,6 +176,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     writeln!(stdout, "listening on {}", server.local_addr())
         .and_then(|_| match server.http_addr() {
             Some(http) => writeln!(stdout, "http on {http}"),
+            None => Ok(()),
+        })
+        .and_then(|_| match server.metrics_addr() {
+            Some(metrics) => writeln!(stdout, "metrics on {metrics}"),
             None => Ok(()),
         })
         .and_then(|_| stdout.flush())

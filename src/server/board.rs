@@ -13,6 +13,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use mio::net::TcpStream;
 use mio::Waker;
 
+use super::metrics::Published;
+
 /// A connection accepted by loop 0 for another loop, not yet registered with any poll.
 #[derive(Debug)]
 pub struct Arrival {
@@ -55,6 +57,8 @@ pub struct Board {
     shutdown: AtomicBool,
     /// Wakes actually sent (a rung bell that was already pending sends none).
     wakes: AtomicU64,
+    /// Each loop's counters as last published for `--metrics`.
+    published: Vec<Published>,
 }
 
 impl Board {
@@ -75,7 +79,13 @@ impl Board {
             open: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             wakes: AtomicU64::new(0),
+            published: (0..n).map(|_| Published::default()).collect(),
         }
+    }
+
+    /// Every loop's counters as last published (`--metrics`).
+    pub fn published(&self) -> &[Published] {
+        &self.published
     }
 
     /// How many event loops there are.

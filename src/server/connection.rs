@@ -59,6 +59,8 @@ pub struct ReadBuffers {
     /// Mark TCP messages that are not UTF-8 as binary for WebSocket receivers (only with
     /// `--http`: the check costs a pass over every message).
     pub mark_binary: bool,
+    /// Bytes read from clients (`--metrics`).
+    pub bytes_in: u64,
 }
 
 impl ReadBuffers {
@@ -71,6 +73,7 @@ impl ReadBuffers {
             overhead: log.held_for(0),
             packer: Packer::default(),
             mark_binary: false,
+            bytes_in: 0,
         }
     }
 
@@ -284,6 +287,7 @@ impl Connection {
                 }
                 Ok(n) => {
                     taken += n;
+                    bufs.bytes_in += n as u64;
                     self.last_input = now;
                     let before = bufs.batch.len();
                     let absorbed = self.inbox.absorb(
@@ -338,23 +342,29 @@ impl Connection {
     /// Writes what this client is owed of `log` (see [`Cursor::flush`]); a WebSocket client
     /// is written from `frames`, the log rendered as WebSocket frames, and the control frames
     /// it is owed go out between whole messages.
+    /// Bytes written are added to `sent`.
     pub fn flush(
         &mut self,
         log: &super::Log,
         frames: &super::Log,
         echo_self: bool,
+        sent: &mut u64,
     ) -> io::Result<Flushed> {
         let skip = (!echo_self).then_some(self.id);
+        let mut out = Counting {
+            inner: &mut self.socket,
+            sent,
+        };
         let ws = match &mut self.transport {
-            Transport::Tcp => return self.cursor.flush(log, skip, &mut self.socket),
+            Transport::Tcp => return self.cursor.flush(log, skip, &mut out),
             Transport::Ws(ws) => ws,
             Transport::Side(_) => return Ok(Flushed::CaughtUp),
         };
         loop {
-            if !self.cursor.in_message() && !ws.write_ctrl(&mut self.socket)? {
+            if !self.cursor.in_message() && !ws.write_ctrl(&mut out)? {
                 return Ok(Flushed::Blocked);
             }
-            if self.cursor.flush(frames, skip, &mut self.socket)? == Flushed::Blocked {
+            if self.cursor.flush(frames, skip, &mut out)? == Flushed::Blocked {
                 return Ok(Flushed::Blocked);
             }
             if !ws.has_ctrl() {
@@ -433,5 +443,29 @@ impl Connection {
     pub fn abort_on_close(&self) {
         // Failing only means a graceful close instead.
         let _ = SockRef::from(&self.socket).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// A writer that counts what it wrote (one addition per system call).
+struct Counting<'a, W> {
+    inner: &'a mut W,
+    sent: &'a mut u64,
+}
+
+impl<W: io::Write> io::Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        *self.sent += n as u64;
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.inner.write_vectored(bufs)?;
+        *self.sent += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }

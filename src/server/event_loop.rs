@@ -26,6 +26,7 @@ use super::connection::{Connection, Input, ReadBuffers, Transport};
 use super::disconnect::DisconnectReason;
 use super::fanout::{Fanout, Policy};
 use super::listener;
+use super::metrics::{Counts, PUBLISH_EVERY};
 use super::ratelimit::LogLimit;
 use super::sequencer::Sequencer;
 use super::timer::Timer;
@@ -117,6 +118,12 @@ pub struct EventLoop {
     accept_more: bool,
     /// Which listener [`accept`](Self::accept) tries first (they take turns).
     http_first: bool,
+    /// With `--metrics`: when the counters may next be published, and what was published
+    /// last (see `metrics.rs`).
+    next_publish: Option<Instant>,
+    published: Counts,
+    /// Disconnects by reason, for `--metrics`.
+    disconnect_counts: Counts,
     /// Connections accepted in this turn, against [`ACCEPTS_PER_TURN`].
     accepted_this_turn: usize,
     /// Rate limits for the lines that clients can cause.
@@ -173,6 +180,7 @@ impl EventLoop {
         let mut bufs = ReadBuffers::new(&fanout.log);
         bufs.mark_binary = config.http.is_some();
         let origins = Origins::new(&config.allowed_origins);
+        let next_publish = config.metrics.map(|_| now);
         Ok(EventLoop {
             index,
             poll,
@@ -197,6 +205,9 @@ impl EventLoop {
             accept_paused_until: None,
             accept_more: false,
             http_first: false,
+            next_publish,
+            published: Counts::default(),
+            disconnect_counts: Counts::default(),
             accepted_this_turn: 0,
             log_limit: LogLimit::default(),
             shutdown_deadline: None,
@@ -262,6 +273,7 @@ impl EventLoop {
             }
         }
         self.log_suppressed(Instant::now(), true);
+        self.publish(Instant::now(), true);
         // Connections handed over after this loop was done are closed, never served.
         for late in self.board.stopped(self.index) {
             debug!(peer = %late.peer, "closed: the server is shutting down");
@@ -339,6 +351,7 @@ impl EventLoop {
             self.fanout.next_round_at(),
             self.log_limit.next_due(),
             self.side_deadlines.front().map(|d| d.0),
+            self.publish_due(),
         ]
         .into_iter()
         .flatten()
@@ -724,6 +737,7 @@ impl EventLoop {
                 let _ = conn.discard(&mut self.bufs.scratch, READ_BUDGET, now);
             }
             *self.stats.disconnects.entry(reason.kind()).or_default() += 1;
+            self.disconnect_counts.disconnected(reason.kind());
             let (peer, dropped) = (conn.peer, conn.dropped);
             // Closed before it is logged: whoever reads the line may rely on it.
             drop(conn);
@@ -743,11 +757,48 @@ impl EventLoop {
         }
     }
 
+    /// This loop's counters as `--metrics` reports them.
+    fn counts(&self) -> Counts {
+        Counts {
+            accepted: self.stats.accepted,
+            rejected: self.stats.rejected,
+            messages: self.fanout.log.end_seq(),
+            bytes_in: self.bufs.bytes_in,
+            bytes_out: self.fanout.bytes_out,
+            dropped: self.fanout.dropped,
+            log_bytes: self.fanout.held() as u64,
+            disconnects: self.disconnect_counts.disconnects,
+        }
+    }
+
+    /// When the counters are to be published: only while they differ from what was.
+    fn publish_due(&self) -> Option<Instant> {
+        self.next_publish
+            .filter(|_| self.counts() != self.published)
+    }
+
+    /// Publishes the counters for a scrape if they changed and it is time (or `now` is the end).
+    fn publish(&mut self, now: Instant, last: bool) {
+        let Some(at) = self.next_publish else {
+            return;
+        };
+        if now < at && !last {
+            return;
+        }
+        let counts = self.counts();
+        if counts != self.published {
+            self.board.published()[self.index].store(&counts);
+            self.published = counts;
+            self.next_publish = Some(later(now, PUBLISH_EVERY));
+        }
+    }
+
     /// Timers: idle clients (not while shutting down: then the shutdown timeout bounds the
     /// wait, and a client still being sent its backlog must not be cut off), paused or
     /// unfinished accepts, counts of log lines not written.
     fn housekeeping(&mut self, now: Instant) {
         self.log_suppressed(now, false);
+        self.publish(now, false);
         if let (Some(timeout), Some(at), None) = (
             self.config.idle_timeout,
             self.next_idle_check,

@@ -128,6 +128,8 @@ pub struct Fanout {
     last_round: (Instant, Duration),
     /// Messages skipped for slow consumers under `--slow-consumer drop`.
     pub dropped: u64,
+    /// Bytes written to receivers (`--metrics`).
+    pub bytes_out: u64,
     /// The log as WebSocket frames, while there are WebSocket receivers.
     rendition: Rendition,
     /// WebSocket receivers among the members.
@@ -153,6 +155,7 @@ impl Fanout {
             full_due: false,
             last_round: (now, Duration::ZERO),
             dropped: 0,
+            bytes_out: 0,
         }
     }
 
@@ -220,6 +223,11 @@ impl Fanout {
         self.log.appended() - self.flushed_up_to
     }
 
+    /// What the log and its rendition hold, as `--max-pending` counts it.
+    pub fn held(&self) -> usize {
+        self.log.held() + self.rendition.log.held()
+    }
+
     /// Input since the last trim, as `--max-pending` counts it.
     pub fn untrimmed_held(&self) -> u64 {
         self.log.appended_held() - self.trimmed_held_at
@@ -273,6 +281,7 @@ impl Fanout {
             round,
             dropped,
             rendition,
+            bytes_out,
             ..
         } = self;
         let Some(round) = round else { return };
@@ -300,7 +309,7 @@ impl Fanout {
                     rendition.catch_up(log);
                 }
                 let result = conn
-                    .flush(log, &rendition.log, policy.echo_self)
+                    .flush(log, &rendition.log, policy.echo_self, bytes_out)
                     .and_then(|flushed| set_writable_interest(registry, key, conn, flushed));
                 if let Err(e) = result {
                     closing.push((key, DisconnectReason::Reset(e)));

@@ -16,6 +16,7 @@ mod fanout;
 mod inbox;
 mod listener;
 mod log;
+mod metrics;
 mod pack;
 mod ratelimit;
 mod rendition;
@@ -151,6 +152,9 @@ pub struct Server {
     local_addr: SocketAddr,
     /// The HTTP listener's address (`--http`), with its real port.
     http_addr: Option<SocketAddr>,
+    /// The `--metrics` listener, until `run` serves it, and its address.
+    metrics: Option<mio::net::TcpListener>,
+    metrics_addr: Option<SocketAddr>,
     config: Arc<ServerConfig>,
 }
 
@@ -200,6 +204,14 @@ impl Server {
             None => None,
         };
         let http_addr = http.as_ref().map(|(_, addr)| *addr);
+        let (metrics, metrics_addr) = match config.metrics {
+            Some(addr) => {
+                let (listener, bound) =
+                    metrics::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+                (Some(listener), Some(bound))
+            }
+            None => (None, None),
+        };
         let mut http_listener = http.map(|(listener, _)| listener);
         let mut setups = Vec::with_capacity(config.threads);
         let mut wakers = Vec::with_capacity(config.threads);
@@ -234,6 +246,8 @@ impl Server {
             board,
             local_addr,
             http_addr,
+            metrics,
+            metrics_addr,
             config,
         })
     }
@@ -246,6 +260,11 @@ impl Server {
     /// The address HTTP and WebSocket clients connect to (`--http`), if served.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The address `/metrics` and `/healthz` are served on (`--metrics`), if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Makes SIGINT and SIGTERM start a graceful shutdown.
@@ -280,6 +299,25 @@ impl Server {
         let first = loops.next().expect("at least one event loop");
         let mut threads = Vec::new();
         let mut failure = None;
+        // Scrapes are answered until every loop has stopped (the drain included).
+        let metrics = match self.metrics {
+            Some(listener) => {
+                let endpoint = metrics::Endpoint::new(listener, Arc::clone(&self.board));
+                let stop = Arc::clone(&endpoint.stop);
+                let spawned = thread::Builder::new()
+                    .name("mob-metrics".into())
+                    .spawn(move || endpoint.run());
+                match spawned {
+                    Ok(handle) => Some((stop, handle)),
+                    Err(e) => {
+                        failure = Some(ServerError::Setup(e));
+                        self.board.request_shutdown();
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         for event_loop in loops {
             let index = threads.len() + 1;
             let board = Arc::clone(&self.board);
@@ -309,6 +347,14 @@ impl Server {
                 Err(e) => {
                     failure.get_or_insert(e);
                 }
+            }
+        }
+        if let Some((stop, handle)) = metrics {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            match handle.join() {
+                Ok(Err(e)) => warn!("the metrics endpoint failed: {e}"),
+                Err(_) => warn!("the metrics endpoint panicked"),
+                Ok(Ok(())) => {}
             }
         }
         // Every loop has closed its clients: whoever reads the line may rely on that.

@@ -425,6 +425,7 @@ impl WsState {
                 }
                 Ok(n) => {
                     taken += n;
+                    bufs.bytes_in += n as u64;
                     *last_input = now;
                     self.ping_sent = false;
                     let scratch = &mut bufs.scratch;

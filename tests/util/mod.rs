@@ -167,6 +167,15 @@ impl Server {
         }
     }
 
+    /// The `--metrics` address, from its `metrics on IP:PORT` line.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let line = self.stdout.wait_for(&["metrics on "]);
+        line.rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
     /// The `--http` address, from the `http on IP:PORT` line printed after `listening on`.
     pub fn http_addr(&self) -> SocketAddr {
         let line = self.stdout.wait_for(&["http on "]);
