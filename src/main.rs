@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use mob::bench::{BenchConfig, Target};
@@ -77,6 +77,20 @@ struct ServeArgs {
     /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// How log lines on stderr are written: text for people, json (one object a line, fields
+    /// as keys) for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written on stderr.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One line of text per event, coloured on a terminal.
+    Text,
+    /// One JSON object per line, with the level, target, message and every field as keys, so a
+    /// log shipper can index `peer` or `reason` without parsing the message.
+    Json,
 }
 
 #[derive(Args)]
@@ -126,13 +140,14 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // Parsed before logging starts, so that `serve` can choose the format; clap's own errors
+    // are written by clap and never go through the log.
     let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Serve(args) => args.log_format,
+        Command::Chat(_) | Command::Bench(_) => LogFormat::Text,
+    };
+    init_logging(format);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Chat(args) => protocol(&args.protocol).and_then(|p| mob::chat::run(&args.addr, p)),
@@ -140,10 +155,29 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A shipper reading JSON would choke on a line of text: the last words are an event too.
+        Err(e) if format == LogFormat::Json => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("mob: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Log lines go to stderr at the level `RUST_LOG` sets (`info` when unset), in `format`.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Flattened: `message`, `peer` and the other fields sit beside `level` and `target`
+        // instead of inside a nested `fields` object, where most shippers would not index them.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 

@@ -45,6 +45,10 @@ fn bad_sizes_protocols_and_durations_are_explained() {
         "possible values: raw, line, frame",
     );
     fails_with(&["serve", "--slow-consumer", "ignore"], "disconnect, drop");
+    fails_with(
+        &["serve", "--log-format", "yaml"],
+        "invalid value 'yaml' for '--log-format",
+    );
     fails_with(&["serve", "--idle-timeout", "soon"], "expected seconds");
     fails_with(
         &["serve", "--listen", "localhost"],
@@ -84,6 +88,39 @@ fn a_port_in_use_is_reported_with_the_address() {
         &["serve", "--listen", &addr],
         &format!("cannot listen on {addr}"),
     );
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_with_the_fields_as_keys() {
+    let server = Server::start(&["--log-format", "json", "--max-message", "16"]);
+    let mut client = server.connect();
+    let peer = client.local_addr().to_string();
+    client.send(b"this line is far longer than sixteen bytes\n");
+    client.read_to_close();
+    let line = server.log.wait_for(&[&peer, "disconnected"]);
+    let event: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(event["level"], "WARN", "{line}");
+    assert_eq!(event["peer"], peer.as_str(), "{line}");
+    assert!(
+        event["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("mob::")),
+        "{line}"
+    );
+    let message = event["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("exceeds the limit of 16 bytes"),
+        "no reason in the message: {line}"
+    );
+    // The numbers stay numbers, for a shipper to sum or compare.
+    assert!(event["suppressed"].is_u64(), "{line}");
+    for line in server.log.text().lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.is_object()),
+            "a stderr line that is not a JSON object: {line}"
+        );
+    }
 }
 
 #[test]
