@@ -177,7 +177,19 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         // Flattened: `message`, `peer` and the other fields sit beside `level` and `target`
         // instead of inside a nested `fields` object, where most shippers would not index them.
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => {
+            builder.json().flatten_event(true).init();
+            // A panic's own report is a line of text: report it as an event instead, so
+            // every line a shipper reads is JSON. (The loop that panicked is then shut down
+            // with the others, and logged as such.)
+            std::panic::set_hook(Box::new(|info| {
+                let thread = std::thread::current();
+                tracing::error!(
+                    thread = thread.name().unwrap_or("unnamed"),
+                    "panicked: {info}"
+                );
+            }));
+        }
     }
 }
 

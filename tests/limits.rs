@@ -207,37 +207,61 @@ fn running_out_of_descriptors_is_logged_and_backed_off_not_spun_on() {
 /// syscall a sleeping process is in, with its arguments.
 #[test]
 fn an_idle_server_sleeps_in_epoll_wait_without_a_timeout() {
-    let server = Server::start(&[]);
+    idle_server_sleeps(&[]);
+}
+
+/// The same with two loops and the metrics endpoint (after it answered a scrape): every
+/// thread sleeps without a timeout.
+#[test]
+fn an_idle_server_with_metrics_and_two_loops_sleeps_without_a_timeout() {
+    idle_server_sleeps(&["--threads", "2", "--metrics", "127.0.0.1:0"]);
+}
+
+fn idle_server_sleeps(args: &[&str]) {
+    let server = Server::start(args);
     let mut clients: Vec<Client> = (0..3).map(|_| server.connect()).collect();
     clients[2].send(b"ready\n");
     for c in &mut clients {
         c.expect(b"ready\n");
     }
+    if args.contains(&"--metrics") {
+        use std::io::{Read, Write};
+        let mut scrape = std::net::TcpStream::connect(server.metrics_addr()).unwrap();
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        scrape.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
     let deadline = std::time::Instant::now() + util::DEADLINE;
-    let mut last = String::new();
+    let (mut last, mut timers) = (Vec::new(), Vec::new());
     while std::time::Instant::now() < deadline {
-        last = std::fs::read_to_string(format!("/proc/{}/syscall", server.pid()))
-            .expect("read /proc/PID/syscall");
-        let fields: Vec<&str> = last.split_whitespace().collect();
         // x86_64: 232 is epoll_wait, 281 epoll_pwait; the fourth argument is the timeout.
-        if matches!(fields.first(), Some(&"232") | Some(&"281")) {
-            // The timeout is an int: -1, no timeout, reads as 32 bits of ones.
-            assert!(
-                matches!(fields.get(4), Some(&"0xffffffff" | &"0xffffffffffffffff")),
-                "idle server polls with a timeout: {last}"
-            );
-            // Deadlines go to the loop's timerfd instead: it must be disarmed too.
-            let timers = timerfd_values(server.pid());
-            assert!(!timers.is_empty(), "no timerfd found");
-            assert!(
-                timers.iter().all(|v| v == "(0, 0)"),
-                "idle server has a timer armed: {timers:?}"
-            );
+        last = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+            .expect("read /proc/PID/task")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("syscall")).ok())
+            .collect();
+        let waiting = |l: &String| matches!(l.split_whitespace().next(), Some("232" | "281"));
+        // The timeout is an int: -1, no timeout, reads as 32 bits of ones.
+        let forever = |l: &String| {
+            matches!(
+                l.split_whitespace().nth(4),
+                Some("0xffffffff" | "0xffffffffffffffff")
+            )
+        };
+        // Deadlines go to the loops' timerfds instead: they must be disarmed too. (A last
+        // publish of the metrics may still be due a quarter second after the traffic.)
+        timers = timerfd_values(server.pid());
+        assert!(!timers.is_empty(), "no timerfd found");
+        let disarmed = timers.iter().all(|v| v == "(0, 0)");
+        if last.iter().all(|l| waiting(l) && forever(l)) && disarmed {
             return;
         }
         util::poll_tick();
     }
-    panic!("the idle server never slept in epoll_wait; last seen: {last}");
+    panic!(
+        "the idle server never slept in epoll_wait without a timeout and its timers disarmed; \
+         last seen: {last:?}, timers {timers:?}"
+    );
 }
 
 /// The `it_value` of each of the process's timerfds, from /proc/PID/fdinfo: `(0, 0)` when

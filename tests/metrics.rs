@@ -169,3 +169,50 @@ fn the_metrics_line_comes_last_with_the_real_port() {
     assert!(lines[1].starts_with("http on "), "{out}");
     assert_eq!(lines[2], format!("metrics on {metrics}"));
 }
+
+/// Silent or trickling connections to the metrics port neither lock scrapes out nor hold the
+/// server up at shutdown.
+#[test]
+fn silent_scrapers_neither_block_scrapes_nor_the_shutdown() {
+    let mut server = Server::start(&["--metrics", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+    let mut silent: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(metrics).unwrap())
+        .collect();
+    // One trickles a request head byte by byte, never finishing it.
+    silent[0].write_all(b"GET /metr").unwrap();
+    let started = Instant::now();
+    let (status, body) = get(metrics, "/healthz");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "a scrape waited {:?} behind silent connections",
+        started.elapsed()
+    );
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(std::time::Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    drop(silent);
+}
+
+/// WebSocket traffic counts: the frames read, and the frames and lines written.
+#[test]
+fn websocket_bytes_are_counted() {
+    let server = Server::start(&["--metrics", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+    let mut tcp = server.connect();
+    let mut ws = util::ws::Ws::connect(server.http_addr());
+    // An 8-byte client frame (2 header, 4 mask, "hi"): "hi\n" to the TCP client (3 bytes)
+    // and a 4-byte frame back to the WebSocket client, after its 101 (129 bytes).
+    ws.send_text("hi");
+    tcp.expect(b"hi\n");
+    assert_eq!(ws.recv_text(), "hi");
+    let body = scrape_until(metrics, |b| {
+        value(b, "mob_messages_received_total") == Some(1.0)
+            && value(b, "mob_bytes_sent_total") == Some(3.0 + 4.0 + 129.0)
+    });
+    assert_eq!(value(&body, "mob_bytes_received_total"), Some(8.0));
+}

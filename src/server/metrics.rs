@@ -11,16 +11,17 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tracing::debug;
+use slab::Slab;
+use tracing::{debug, warn};
 
 use super::board::Board;
 
@@ -194,100 +195,237 @@ pub fn render(loops: &[Published], open: usize) -> String {
     out
 }
 
-const LISTENER: Token = Token(0);
+const LISTENER: Token = Token(usize::MAX);
+const STOP: Token = Token(usize::MAX - 1);
 
-/// The longest request head read, and how long a scraper may take to send it or read the
-/// answer.
+/// The longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
+/// How long a scraper has, from its connect, to send its request and read the answer.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Scrapes served at once; a connection past this closes the oldest.
+const MAX_SCRAPES: usize = 16;
 
-/// The endpoint: a listener served on its own thread until `stop` is set.
+/// One scrape: the request head so far, then the answer being written.
+struct Scrape {
+    stream: mio::net::TcpStream,
+    deadline: Instant,
+    head: Vec<u8>,
+    answer: Option<(Vec<u8>, usize)>,
+}
+
+/// Stops a running [`Endpoint`] from another thread.
+pub struct Stop {
+    flag: Arc<AtomicBool>,
+    waker: Waker,
+}
+
+impl Stop {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        // A failed wake leaves the endpoint to notice at its next event; it is never needed
+        // for the server to exit (the thread is not waited for long).
+        let _ = self.waker.wake();
+    }
+}
+
+/// The endpoint: a listener and the scrapes under way, on a poll of their own. Never blocks
+/// on a scraper: reads and writes are non-blocking and each scrape has a deadline.
 pub struct Endpoint {
+    poll: Poll,
     listener: TcpListener,
     board: Arc<Board>,
-    pub stop: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    scrapes: Slab<Scrape>,
 }
 
 impl Endpoint {
-    pub fn new(listener: TcpListener, board: Arc<Board>) -> Self {
-        Endpoint {
+    pub fn new(mut listener: TcpListener, board: Arc<Board>) -> io::Result<(Endpoint, Stop)> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), STOP)?;
+        let flag = Arc::new(AtomicBool::new(false));
+        let endpoint = Endpoint {
+            poll,
             listener,
             board,
-            stop: Arc::new(AtomicBool::new(false)),
-        }
+            stop: Arc::clone(&flag),
+            scrapes: Slab::new(),
+        };
+        Ok((endpoint, Stop { flag, waker }))
     }
 
-    /// Serves scrapes one at a time until `stop` is set (looked at every quarter second).
+    /// Serves scrapes until stopped. Sleeps without a timeout while none is under way.
     pub fn run(mut self) -> io::Result<()> {
-        let mut poll = Poll::new()?;
-        poll.registry()
-            .register(&mut self.listener, LISTENER, Interest::READABLE)?;
-        let mut events = Events::with_capacity(8);
+        let mut events = Events::with_capacity(64);
+        let mut accept_errors = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
-            match poll.poll(&mut events, Some(PUBLISH_EVERY)) {
+            let now = Instant::now();
+            let timeout = self
+                .scrapes
+                .iter()
+                .map(|(_, s)| s.deadline.saturating_duration_since(now))
+                .min();
+            match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            loop {
-                let (stream, peer) = match self.listener.accept() {
-                    Ok(accepted) => accepted,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        debug!("metrics: accept failed: {e}");
-                        break;
-                    }
-                };
-                if let Err(e) = self.answer(stream) {
-                    debug!(peer = %peer, "metrics: {e}");
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(&mut accept_errors),
+                    STOP => {}
+                    Token(key) => self.serve(key),
                 }
+            }
+            let now = Instant::now();
+            let late: Vec<usize> = self
+                .scrapes
+                .iter()
+                .filter(|(_, s)| s.deadline <= now)
+                .map(|(key, _)| key)
+                .collect();
+            for key in late {
+                self.close(key);
             }
         }
         Ok(())
     }
 
-    /// Reads one request head (blocking, with a deadline) and answers it.
-    fn answer(&self, stream: mio::net::TcpStream) -> io::Result<()> {
-        let fd = std::os::fd::OwnedFd::from(stream);
-        let mut stream = std::net::TcpStream::from(fd);
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
-        stream.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
-        let mut head = Vec::with_capacity(1024);
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buf)?;
-            if n == 0 || head.len() + n > MAX_HEAD {
-                return Ok(());
+    fn accept(&mut self, errors: &mut u64) {
+        loop {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // Once, then every thousandth: a scraper that cannot connect is worth a
+                    // line, a flood of them is not worth a thousand.
+                    if *errors % 1000 == 0 {
+                        warn!("metrics: accept failed: {e}");
+                    }
+                    *errors += 1;
+                    return;
+                }
+            };
+            if self.scrapes.len() >= MAX_SCRAPES {
+                // The oldest makes room: a crowd of silent connections cannot lock scrapes out.
+                let oldest = self
+                    .scrapes
+                    .iter()
+                    .min_by_key(|(_, s)| s.deadline)
+                    .map(|(key, _)| key);
+                if let Some(key) = oldest {
+                    self.close(key);
+                }
             }
-            head.extend_from_slice(&buf[..n]);
+            let entry = self.scrapes.vacant_entry();
+            let key = entry.key();
+            let registered = self.poll.registry().register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            if let Err(e) = registered {
+                debug!(peer = %peer, "metrics: cannot register: {e}");
+                continue;
+            }
+            entry.insert(Scrape {
+                stream,
+                deadline: Instant::now() + SCRAPE_TIMEOUT,
+                head: Vec::new(),
+                answer: None,
+            });
+            // Whatever arrived with the connect.
+            self.serve(key);
         }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        let path = match req.parse(&head) {
-            Ok(_) if req.method == Some("GET") => req.path.unwrap_or(""),
-            _ => "",
-        };
-        let (status, kind, body) = match path.split('?').next().unwrap_or("") {
-            "/metrics" => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                render(self.board.published(), self.board.open()),
-            ),
-            "/healthz" => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
-            _ => (
-                "404 Not Found",
-                "text/plain; charset=utf-8",
-                "not found: try /metrics or /healthz\n".to_owned(),
-            ),
-        };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(response.as_bytes())
     }
+
+    /// Reads the request head, then writes the answer, as far as the socket allows.
+    fn serve(&mut self, key: usize) {
+        let Some(scrape) = self.scrapes.get_mut(key) else {
+            return;
+        };
+        let done = match step(scrape, &self.board) {
+            Ok(done) => done,
+            Err(e) => {
+                debug!("metrics: {e}");
+                true
+            }
+        };
+        if done {
+            self.close(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut scrape) = self.scrapes.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut scrape.stream);
+        }
+    }
+}
+
+/// Advances one scrape; true once it is over (answered, or not worth answering).
+fn step(scrape: &mut Scrape, board: &Board) -> io::Result<bool> {
+    while scrape.answer.is_none() {
+        let mut buf = [0u8; 1024];
+        match scrape.stream.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                scrape.head.extend_from_slice(&buf[..n]);
+                if scrape.head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    scrape.answer = Some((answer(&scrape.head, board), 0));
+                    scrape.head = Vec::new();
+                } else if scrape.head.len() > MAX_HEAD {
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((bytes, written)) = &mut scrape.answer else {
+        return Ok(false);
+    };
+    while *written < bytes.len() {
+        match scrape.stream.write(&bytes[*written..]) {
+            Ok(0) => return Ok(true),
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The answer to a request head.
+fn answer(head: &[u8], board: &Board) -> Vec<u8> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let path = match req.parse(head) {
+        Ok(_) if req.method == Some("GET") => req.path.unwrap_or(""),
+        _ => "",
+    };
+    let (status, kind, body) = match path.split('?').next().unwrap_or("") {
+        "/metrics" => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(board.published(), board.open()),
+        ),
+        "/healthz" => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found: try GET /metrics or /healthz\n".to_owned(),
+        ),
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Where `--metrics` listens, with the real port.

@@ -300,24 +300,32 @@ impl Server {
         let mut threads = Vec::new();
         let mut failure = None;
         // Scrapes are answered until every loop has stopped (the drain included).
-        let metrics = match self.metrics {
-            Some(listener) => {
-                let endpoint = metrics::Endpoint::new(listener, Arc::clone(&self.board));
-                let stop = Arc::clone(&endpoint.stop);
-                let spawned = thread::Builder::new()
-                    .name("mob-metrics".into())
-                    .spawn(move || endpoint.run());
-                match spawned {
-                    Ok(handle) => Some((stop, handle)),
-                    Err(e) => {
-                        failure = Some(ServerError::Setup(e));
-                        self.board.request_shutdown();
-                        None
+        let metrics =
+            match self.metrics {
+                Some(listener) => {
+                    let spawned = metrics::Endpoint::new(listener, Arc::clone(&self.board))
+                        .and_then(|(endpoint, stop)| {
+                            let handle = thread::Builder::new().name("mob-metrics".into()).spawn(
+                                move || {
+                                    if let Err(e) = endpoint.run() {
+                                        // The server goes on; its scrapes fail from now on.
+                                        error!("the metrics endpoint stopped: {e}");
+                                    }
+                                },
+                            )?;
+                            Ok((stop, handle))
+                        });
+                    match spawned {
+                        Ok(running) => Some(running),
+                        Err(e) => {
+                            failure = Some(ServerError::Setup(e));
+                            self.board.request_shutdown();
+                            None
+                        }
                     }
                 }
-            }
-            None => None,
-        };
+                None => None,
+            };
         for event_loop in loops {
             let index = threads.len() + 1;
             let board = Arc::clone(&self.board);
@@ -350,11 +358,10 @@ impl Server {
             }
         }
         if let Some((stop, handle)) = metrics {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            match handle.join() {
-                Ok(Err(e)) => warn!("the metrics endpoint failed: {e}"),
-                Err(_) => warn!("the metrics endpoint panicked"),
-                Ok(Ok(())) => {}
+            // It never blocks on a scraper: woken, it returns at once.
+            stop.stop();
+            if handle.join().is_err() {
+                warn!("the metrics endpoint panicked");
             }
         }
         // Every loop has closed its clients: whoever reads the line may rely on that.
