@@ -169,16 +169,17 @@ impl Server {
 
     /// The `--metrics` address, from its `metrics on IP:PORT` line.
     pub fn metrics_addr(&self) -> SocketAddr {
-        let line = self.stdout.wait_for(&["metrics on "]);
-        line.rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
+        self.printed_addr("metrics on ")
     }
 
     /// The `--http` address, from the `http on IP:PORT` line printed after `listening on`.
     pub fn http_addr(&self) -> SocketAddr {
-        let line = self.stdout.wait_for(&["http on "]);
+        self.printed_addr("http on ")
+    }
+
+    /// The address on the stdout line that starts with `what`.
+    fn printed_addr(&self, what: &str) -> SocketAddr {
+        let line = self.stdout.wait_for(&[what]);
         line.rsplit(' ')
             .next()
             .and_then(|a| a.parse().ok())
