@@ -27,6 +27,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
+    // A flag given twice takes the last: the values of --config come first, so the command
+    // line overrides them.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Interactive client: stdin lines go to the server, messages received go to stdout.
     Chat(ChatArgs),
@@ -37,6 +40,10 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// Read settings from this TOML file (keys are these flags' long names, e.g.
+    /// max-pending = "8MiB"); flags on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
     listen: SocketAddr,
@@ -142,7 +149,14 @@ struct BenchArgs {
 fn main() -> ExitCode {
     // Parsed before logging starts, so that `serve` can choose the format; clap's own errors
     // are written by clap and never go through the log.
-    let cli = Cli::parse();
+    let argv = match config_file::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("mob: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let format = match &cli.command {
         Command::Serve(args) => args.log_format,
         Command::Chat(_) | Command::Bench(_) => LogFormat::Text,
@@ -279,4 +293,103 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `mob serve --config FILE`: the file's settings become flags placed before the command
+/// line's own, so that those override them (the subcommand takes the last of a flag given
+/// twice).
+mod config_file {
+    use std::ffi::OsString;
+    use std::path::Path;
+
+    use anyhow::{anyhow, bail, Context};
+    use clap::{ArgAction, CommandFactory};
+
+    use super::Cli;
+
+    /// `argv` with the settings of `--config FILE` (if `serve` has one) inserted after
+    /// `serve`.
+    pub fn expand(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
+        let Some(serve) = argv.get(1).filter(|a| *a == "serve").map(|_| 1) else {
+            return Ok(argv);
+        };
+        let mut file = None;
+        for (i, arg) in argv.iter().enumerate().skip(serve + 1) {
+            if arg == "--config" {
+                file = argv.get(i + 1).cloned();
+            } else if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+                file = Some(path.into());
+            }
+        }
+        let Some(file) = file else {
+            return Ok(argv);
+        };
+        let flags = settings(Path::new(&file))?;
+        let mut out = argv[..=serve].to_vec();
+        out.extend(flags);
+        out.extend(argv[serve + 1..].iter().cloned());
+        Ok(out)
+    }
+
+    /// The flags a config file stands for, checked against `mob serve`'s own.
+    fn settings(path: &Path) -> anyhow::Result<Vec<OsString>> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("config file {}", path.display()))?;
+        let command = Cli::command();
+        let serve = command
+            .find_subcommand("serve")
+            .expect("the serve subcommand");
+        let mut flags = Vec::new();
+        for (key, value) in &table {
+            let arg = serve
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()) && key != "config" && key != "help")
+                .ok_or_else(|| {
+                    anyhow!(
+                        "config file {}: unknown key `{key}` (keys are the long flags of \
+                         `mob serve`, e.g. max-pending)",
+                        path.display()
+                    )
+                })?;
+            let flag = format!("--{key}");
+            let is_switch = matches!(arg.get_action(), ArgAction::SetTrue);
+            let repeatable = matches!(arg.get_action(), ArgAction::Append);
+            let scalar = |v: &toml::Value| -> anyhow::Result<String> {
+                match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    toml::Value::Integer(n) => Ok(n.to_string()),
+                    toml::Value::Float(f) => Ok(f.to_string()),
+                    _ => bail!(
+                        "config file {}: `{key}` takes a string or a number",
+                        path.display()
+                    ),
+                }
+            };
+            match value {
+                toml::Value::Boolean(on) if is_switch => {
+                    if *on {
+                        flags.push(flag.into());
+                    }
+                }
+                _ if is_switch => bail!(
+                    "config file {}: `{key}` takes true or false",
+                    path.display()
+                ),
+                toml::Value::Array(items) if repeatable => {
+                    for item in items {
+                        flags.push(flag.clone().into());
+                        flags.push(scalar(item)?.into());
+                    }
+                }
+                other => {
+                    flags.push(flag.into());
+                    flags.push(scalar(other)?.into());
+                }
+            }
+        }
+        Ok(flags)
+    }
 }

@@ -181,3 +181,80 @@ fn chat(server: &Server, protocol: &str) -> (Child, Output, ChildStdin) {
 fn wait_exit(child: &mut Child) -> ExitStatus {
     util::wait_exit(child, util::DEADLINE).expect("mob chat did not exit")
 }
+
+/// A config file with `contents` in the test's temporary directory.
+fn config_file(name: &str, contents: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("mob-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_config_file_sets_flags_and_the_command_line_overrides_it() {
+    let file = config_file(
+        "limits.toml",
+        "max-message = \"16\"\nno-echo-self = false\n",
+    );
+    // From the file: a 20-byte line is over the limit.
+    let server = Server::start(&["--config", &file]);
+    let mut c = server.connect();
+    c.send(b"twenty bytes long..\n");
+    let _ = c.read_until_closed();
+    server.log.wait_for(&["exceeds the limit of 16 bytes"]);
+    // The command line wins over the file.
+    let server = Server::start(&["--config", &file, "--max-message", "64"]);
+    let mut c = server.connect();
+    c.send(b"twenty bytes long..\n");
+    c.expect(b"twenty bytes long..\n");
+}
+
+#[test]
+fn config_files_with_unknown_keys_bad_values_or_no_file_are_refused_naming_them() {
+    let unknown = config_file("unknown.toml", "max-pendign = \"8MiB\"\n");
+    fails_with(
+        &["serve", "--config", &unknown],
+        "unknown key `max-pendign`",
+    );
+    let bad = config_file("bad.toml", "max-pending = \"lots\"\n");
+    fails_with(&["serve", "--config", &bad], "--max-pending");
+    let switch = config_file("switch.toml", "no-echo-self = \"yes\"\n");
+    fails_with(
+        &["serve", "--config", &switch],
+        "`no-echo-self` takes true or false",
+    );
+    let broken = config_file("broken.toml", "threads = \n");
+    fails_with(&["serve", "--config", &broken], "broken.toml");
+    fails_with(
+        &["serve", "--config", "/nonexistent/mob.toml"],
+        "/nonexistent/mob.toml",
+    );
+}
+
+/// The example file in the repository names every flag of `mob serve` and starts a server.
+#[test]
+fn the_example_config_file_covers_every_flag_and_works() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/mob.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    let help = mob().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| w.trim_end_matches([',', '.']))
+        .filter(|w| !w.is_empty() && !["help", "config"].contains(w))
+        .collect();
+    assert!(flags.len() >= 14, "flags read from --help: {flags:?}");
+    for flag in flags {
+        let named = text.lines().any(|l| {
+            let l = l.trim_start_matches(['#', ' ']);
+            l.starts_with(&format!("{flag} =")) || l.starts_with(&format!("{flag}="))
+        });
+        assert!(named, "dist/mob.toml does not name --{flag}");
+    }
+    let server = Server::start(&["--config", example]);
+    let mut c = server.connect();
+    c.send(b"configured\n");
+    c.expect(b"configured\n");
+}
