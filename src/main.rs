@@ -50,8 +50,9 @@ struct ServeArgs {
     /// Wire protocol: raw (byte relay), line (newline-delimited) or frame (8-byte length prefix).
     #[arg(long, default_value = "line", value_parser = ["raw", "line", "frame"])]
     protocol: String,
-    /// Do not send a client its own messages.
-    #[arg(long)]
+    /// Do not send a client its own messages (`--no-echo-self=false` undoes a config file's).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true")]
     no_echo_self: bool,
     /// Connections beyond this are accepted and closed at once.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
@@ -302,7 +303,7 @@ mod config_file {
     use std::ffi::OsString;
     use std::path::Path;
 
-    use anyhow::{anyhow, bail, Context};
+    use anyhow::{anyhow, Context};
     use clap::{ArgAction, CommandFactory};
 
     use super::Cli;
@@ -315,6 +316,9 @@ mod config_file {
         };
         let mut file = None;
         for (i, arg) in argv.iter().enumerate().skip(serve + 1) {
+            if arg == "--" {
+                break; // what follows is no flag
+            }
             if arg == "--config" {
                 file = argv.get(i + 1).cloned();
             } else if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
@@ -354,40 +358,32 @@ mod config_file {
                         path.display()
                     )
                 })?;
-            let flag = format!("--{key}");
-            let is_switch = matches!(arg.get_action(), ArgAction::SetTrue);
             let repeatable = matches!(arg.get_action(), ArgAction::Append);
-            let scalar = |v: &toml::Value| -> anyhow::Result<String> {
-                match v {
-                    toml::Value::String(s) => Ok(s.clone()),
-                    toml::Value::Integer(n) => Ok(n.to_string()),
-                    toml::Value::Float(f) => Ok(f.to_string()),
-                    _ => bail!(
-                        "config file {}: `{key}` takes a string or a number",
-                        path.display()
-                    ),
-                }
+            // Only durations take fractions (`0.5`): elsewhere `2.0` is a wrong kind of value.
+            let fractional = arg.get_value_names().is_some_and(|n| n == ["SECS"]);
+            let wrong =
+                |what: &str| anyhow!("config file {}: `{key}` takes {what}", path.display());
+            // `--key=value`, one argument: a value starting with `-` stays a value, and any
+            // error clap finds in it names the flag.
+            let setting = |v: &toml::Value| -> anyhow::Result<OsString> {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Float(f) if fractional => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ if fractional => return Err(wrong("a number of seconds")),
+                    _ => return Err(wrong("a string, a whole number or true/false")),
+                };
+                Ok(format!("--{key}={text}").into())
             };
             match value {
-                toml::Value::Boolean(on) if is_switch => {
-                    if *on {
-                        flags.push(flag.into());
-                    }
-                }
-                _ if is_switch => bail!(
-                    "config file {}: `{key}` takes true or false",
-                    path.display()
-                ),
                 toml::Value::Array(items) if repeatable => {
                     for item in items {
-                        flags.push(flag.clone().into());
-                        flags.push(scalar(item)?.into());
+                        flags.push(setting(item)?);
                     }
                 }
-                other => {
-                    flags.push(flag.into());
-                    flags.push(scalar(other)?.into());
-                }
+                toml::Value::Array(_) => return Err(wrong("one value, not a list")),
+                other => flags.push(setting(other)?),
             }
         }
         Ok(flags)

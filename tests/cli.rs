@@ -208,6 +208,12 @@ fn a_config_file_sets_flags_and_the_command_line_overrides_it() {
     let mut c = server.connect();
     c.send(b"twenty bytes long..\n");
     c.expect(b"twenty bytes long..\n");
+    // A switch the file turns on, the command line can turn off.
+    let on = config_file("on.toml", "no-echo-self = true\nidle-timeout = 0.5\n");
+    let server = Server::start(&["--config", &on, "--no-echo-self=false"]);
+    let mut c = server.connect();
+    c.send(b"mine\n");
+    c.expect(b"mine\n");
 }
 
 #[test]
@@ -220,9 +226,20 @@ fn config_files_with_unknown_keys_bad_values_or_no_file_are_refused_naming_them(
     let bad = config_file("bad.toml", "max-pending = \"lots\"\n");
     fails_with(&["serve", "--config", &bad], "--max-pending");
     let switch = config_file("switch.toml", "no-echo-self = \"yes\"\n");
+    fails_with(&["serve", "--config", &switch], "--no-echo-self");
+    // A value starting with `-` is a value, and its error names the flag.
+    let negative = config_file("negative.toml", "threads = -1\n");
+    fails_with(&["serve", "--config", &negative], "--threads");
+    // Fractions only where a duration takes them.
+    let fraction = config_file("fraction.toml", "threads = 2.0\n");
     fails_with(
-        &["serve", "--config", &switch],
-        "`no-echo-self` takes true or false",
+        &["serve", "--config", &fraction],
+        "`threads` takes a string, a whole number",
+    );
+    let list = config_file("list.toml", "threads = [1, 2]\n");
+    fails_with(
+        &["serve", "--config", &list],
+        "`threads` takes one value, not a list",
     );
     let broken = config_file("broken.toml", "threads = \n");
     fails_with(&["serve", "--config", &broken], "broken.toml");
@@ -242,7 +259,12 @@ fn the_example_config_file_covers_every_flag_and_works() {
     let flags: Vec<&str> = help
         .split_whitespace()
         .filter_map(|w| w.strip_prefix("--"))
-        .map(|w| w.trim_end_matches([',', '.']))
+        .map(|w| {
+            w.split('[')
+                .next()
+                .unwrap_or(w)
+                .trim_end_matches([',', '.'])
+        })
         .filter(|w| !w.is_empty() && !["help", "config"].contains(w))
         .collect();
     assert!(flags.len() >= 14, "flags read from --help: {flags:?}");
@@ -253,8 +275,28 @@ fn the_example_config_file_covers_every_flag_and_works() {
         });
         assert!(named, "dist/mob.toml does not name --{flag}");
     }
-    let server = Server::start(&["--config", example]);
-    let mut c = server.connect();
-    c.send(b"configured\n");
-    c.expect(b"configured\n");
+    // And the values of the lines left commented out are good too (on free ports).
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .filter(|l| l.contains(" = "))
+                .unwrap_or(l)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let every = config_file("every.toml", &uncommented);
+    for example in [example, every.as_str()] {
+        let server = Server::start(&[
+            "--config",
+            example,
+            "--http",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ]);
+        let mut c = server.connect();
+        c.send(b"configured\n");
+        c.expect(b"configured\n");
+    }
 }
