@@ -389,20 +389,8 @@ impl WsState {
         // Frames left from before (after the request head, or a visit's budget) first.
         let overhead = bufs.overhead;
         if !self.input.is_empty() {
-            let mut into = Decoded::new(
-                &mut bufs.packer,
-                &mut bufs.batch,
-                overhead,
-                self.wire,
-                origin,
-            );
-            let decoded = Self::decode(
-                &mut self.decoder,
-                &mut self.pongs,
-                &mut self.input,
-                &mut into,
-            );
-            held += into.finish();
+            let (counted, decoded) = self.decode_read(bufs, origin);
+            held += counted;
             decoded?;
         }
         while taken < budget && held < held_budget {
@@ -428,39 +416,8 @@ impl WsState {
                     bufs.bytes_in += n as u64;
                     *last_input = now;
                     self.ping_sent = false;
-                    let scratch = &mut bufs.scratch;
-                    let mut into = Decoded::new(
-                        &mut bufs.packer,
-                        &mut bufs.batch,
-                        overhead,
-                        self.wire,
-                        origin,
-                    );
-                    let decoded = if self.input.is_empty() {
-                        let decoded =
-                            Self::decode(&mut self.decoder, &mut self.pongs, scratch, &mut into);
-                        if !scratch.is_empty() {
-                            // An incomplete frame: kept in a buffer of its own.
-                            self.input = BytesMut::from(&scratch[..]);
-                        }
-                        decoded
-                    } else {
-                        self.input.extend_from_slice(scratch);
-                        Self::decode(
-                            &mut self.decoder,
-                            &mut self.pongs,
-                            &mut self.input,
-                            &mut into,
-                        )
-                    };
-                    scratch.clear();
-                    held += into.finish();
-                    if self.input.is_empty() {
-                        self.input = BytesMut::new();
-                    } else if self.input.capacity() > 4 * self.input.len().max(1024) {
-                        // The start of a short frame left in a buffer a long one grew.
-                        self.input = BytesMut::from(&self.input[..]);
-                    }
+                    let (counted, decoded) = self.decode_read(bufs, origin);
+                    held += counted;
                     if let Err(e) = decoded {
                         result = Err(e);
                         break;
@@ -480,6 +437,52 @@ impl WsState {
             }
         }
         result
+    }
+}
+
+impl WsState {
+    /// Decodes what was just read into `bufs.scratch` (empty when only frames left in
+    /// `self.input` are to be decoded) after those left from before, appending the messages to
+    /// `bufs.batch`. Returns what they count against `--max-pending`, and how decoding ended.
+    /// An incomplete frame is kept in `self.input`, a buffer of its own sized to it.
+    fn decode_read(
+        &mut self,
+        bufs: &mut super::connection::ReadBuffers,
+        origin: u64,
+    ) -> (usize, Result<(), DisconnectReason>) {
+        let scratch = &mut bufs.scratch;
+        let mut into = Decoded::new(
+            &mut bufs.packer,
+            &mut bufs.batch,
+            bufs.overhead,
+            self.wire,
+            origin,
+        );
+        let decoded = if self.input.is_empty() {
+            let decoded = Self::decode(&mut self.decoder, &mut self.pongs, scratch, &mut into);
+            if !scratch.is_empty() {
+                self.input = BytesMut::from(&scratch[..]);
+            }
+            decoded
+        } else {
+            self.input.extend_from_slice(scratch);
+            Self::decode(
+                &mut self.decoder,
+                &mut self.pongs,
+                &mut self.input,
+                &mut into,
+            )
+        };
+        scratch.clear();
+        let counted = into.finish();
+        if self.input.is_empty() {
+            // Idle clients hold no buffer.
+            self.input = BytesMut::new();
+        } else if self.input.capacity() > 4 * self.input.len().max(1024) {
+            // The start of a short frame left in a buffer a long one grew.
+            self.input = BytesMut::from(&self.input[..]);
+        }
+        (counted, decoded)
     }
 }
 
