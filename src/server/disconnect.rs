@@ -99,6 +99,8 @@ impl DisconnectReason {
             DisconnectReason::Closed
                 | DisconnectReason::Shutdown { .. }
                 | DisconnectReason::WsClosed(_)
+                // Logged when it was found (see `EventLoop::read_queued`), not again at the close.
+                | DisconnectReason::WsProtocol(_)
                 | DisconnectReason::PageServed
                 | DisconnectReason::Refused {
                     status: Status::NotFound | Status::MethodNotAllowed,

@@ -662,6 +662,13 @@ impl EventLoop {
                     // it must not hold its backlog for ever by never reading it).
                     conn.queued = false;
                     conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+                    if reason.is_failure() {
+                        // Logged now: however the connection ends later (a time-out, a slow
+                        // consumer, a reset), the fault is what the operator needs to see.
+                        if let Some(suppressed) = self.log_limit.allow(reason.kind(), now) {
+                            warn!(peer = %conn.peer, suppressed, "closing: {reason}");
+                        }
+                    }
                     conn.end = Some(reason);
                     let by = now + web::SIDE_TIMEOUT;
                     conn.end_by = Some(by);
