@@ -8,7 +8,6 @@
 //! operator's scraper, not for clients, and never touches a loop.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -420,19 +419,7 @@ fn answer(head: &[u8], board: &Board) -> Vec<u8> {
             "not found: try GET /metrics or /healthz\n".to_owned(),
         ),
     };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// Where `--metrics` listens, with the real port.
-pub fn bind(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    Ok((listener, bound))
+    crate::ws::handshake::response(status, kind, body.as_bytes())
 }
 
 #[cfg(test)]

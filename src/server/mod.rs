@@ -206,8 +206,12 @@ impl Server {
         let http_addr = http.as_ref().map(|(_, addr)| *addr);
         let (metrics, metrics_addr) = match config.metrics {
             Some(addr) => {
-                let (listener, bound) =
-                    metrics::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+                // The same set-up as the other listeners (SO_REUSEADDR: a restart can bind it).
+                let listener =
+                    listener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::Bind { addr, source })?;
                 (Some(listener), Some(bound))
             }
             None => (None, None),
