@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Where to serve `/metrics` and `/healthz`; `None` serves none.
     pub metrics: Option<SocketAddr>,
+    /// A client that joins is first sent up to this many of the messages relayed before it
+    /// (as far as `max_pending` holds them); 0 sends none.
+    pub history: u64,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             http: None,
             allowed_origins: Vec::new(),
             metrics: None,
+            history: 0,
         }
     }
 }

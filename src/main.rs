@@ -82,6 +82,10 @@ struct ServeArgs {
     /// server's own host; repeatable; `*` allows any.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
+    /// A client that joins is first sent up to the last N messages relayed before it (as many
+    /// as --max-pending holds).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    history: u64,
     /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -230,6 +234,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http: args.http,
         allowed_origins: args.allowed_origins,
         metrics: args.metrics,
+        history: args.history,
     };
     let mut server = Server::bind(config)?;
     server.handle_signals()?;

@@ -176,7 +176,7 @@ impl EventLoop {
         }
         let now = Instant::now();
         let next_idle_check = config.idle_timeout.map(|t| later(now, idle_check_every(t)));
-        let fanout = Fanout::new(now, board.loops(), config.protocol);
+        let fanout = Fanout::new(now, board.loops(), config.protocol).with_history(config.history);
         let mut bufs = ReadBuffers::new(&fanout.log);
         bufs.mark_binary = config.http.is_some();
         let origins = Origins::new(&config.allowed_origins);
@@ -444,13 +444,14 @@ impl EventLoop {
             // It joins the order here, before any input read after this accept is sequenced,
             // on whichever loop it is served.
             if to == self.index {
-                let join_at = self.sequencer.join_point(&self.fanout.log, None);
+                let join_at = self.sequencer.join_point(&self.fanout.log, None, 0);
                 self.admit(socket, peer, join_at, http, now);
                 continue;
             }
             let (sequencer, log) = (&self.sequencer, &self.fanout.log);
+            let history = self.config.history;
             let handed = self.board.hand_over(to, socket, peer, http, |floor| {
-                sequencer.join_point(log, Some(floor))
+                sequencer.join_point(log, Some(floor), history)
             });
             if handed.is_some() {
                 // That loop has stopped: the server is shutting down. Dropping it closes it.
@@ -556,7 +557,7 @@ impl EventLoop {
         conn.transport = Transport::Ws(Box::new(ws));
         conn.wants_writable = false;
         conn.blocked = false;
-        let join_at = self.sequencer.join_point(&self.fanout.log, None);
+        let join_at = self.sequencer.join_point(&self.fanout.log, None, 0);
         self.fanout.join(key, conn, join_at);
         self.fanout.wake(key, conn);
         // Frames that came with the head, and whatever the socket holds beyond it.
@@ -651,7 +652,7 @@ impl EventLoop {
                 Ok(Input::Eof) => {
                     conn.queued = false;
                     // Owed what was sequenced before its end, on any loop.
-                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None, 0));
                     self.fanout.wake(key, conn);
                     debug!(peer = %conn.peer, "client closed its sending side");
                 }
@@ -661,7 +662,7 @@ impl EventLoop {
                     // the close frame; all within the side deadline (it may not be idle, but
                     // it must not hold its backlog for ever by never reading it).
                     conn.queued = false;
-                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None, 0));
                     if reason.is_failure() {
                         // Logged now: however the connection ends later (a time-out, a slow
                         // consumer, a reset), the fault is what the operator needs to see.

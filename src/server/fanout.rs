@@ -136,6 +136,9 @@ pub struct Fanout {
     ws_members: usize,
     /// The server's event loops: each holds a rendition of its own.
     loops: usize,
+    /// `--history`: the log keeps this many messages after everyone has been sent them, and a
+    /// receiver that joins is sent them first.
+    history: u64,
 }
 
 impl Fanout {
@@ -156,7 +159,14 @@ impl Fanout {
             last_round: (now, Duration::ZERO),
             dropped: 0,
             bytes_out: 0,
+            history: 0,
         }
+    }
+
+    /// Keeps the last `history` messages for receivers that join (`--history`).
+    pub fn with_history(mut self, history: u64) -> Self {
+        self.history = history;
+        self
     }
 
     /// (slab key, connection id) of every connection.
@@ -165,15 +175,20 @@ impl Fanout {
     }
 
     /// A new connection: it receives the messages from `join_at` on (where the order ended
-    /// when it was accepted, which with several loops may be ahead of this log's end, or
-    /// behind it), or from the oldest this log still holds.
+    /// when it joined, which with several loops may be ahead of this log's end, or behind
+    /// it), after the `--history` messages before that, or from the oldest this log still
+    /// holds.
     pub fn join(&mut self, key: usize, conn: &mut Connection, join_at: u64) {
-        let seq = join_at.max(self.log.first_seq());
+        let seq = join_at
+            .saturating_sub(self.history)
+            .max(self.log.first_seq());
         conn.cursor = Cursor::at(seq);
         conn.member_index = self.members.len();
         self.members.push((key, conn.id));
         if conn.is_websocket() {
             self.ws_members += 1;
+            // Its history may lie before what the rendition still holds: rendered again.
+            self.rendition.reach_back(seq);
         }
         if let Some(round) = &mut self.round {
             round.joined(seq);
@@ -407,7 +422,13 @@ impl Fanout {
         now: Instant,
     ) {
         let Some(round) = &self.round else { return };
-        let keep_from = round.trim_point(self.log.end_seq()).min(policy.join_floor);
+        // The last `--history` messages stay for those who join (as far as --max-pending
+        // lets them, below).
+        let history_from = self.log.end_seq().saturating_sub(self.history);
+        let keep_from = round
+            .trim_point(self.log.end_seq())
+            .min(policy.join_floor)
+            .min(history_from);
         self.log.trim_before(keep_from);
         self.trim_rendition(conns, policy.join_floor);
         self.trimmed_held_at = self.log.appended_held();

@@ -83,6 +83,15 @@ impl Rendition {
         self.log.trim_before(seq);
     }
 
+    /// Makes the rendition start at `seq` or before (a receiver joined with history older
+    /// than the rendition): it is rendered again from there, `seq` at or after the log's
+    /// oldest message. Receivers in the middle of a frame hold its rest themselves.
+    pub fn reach_back(&mut self, seq: u64) {
+        if seq < self.log.first_seq() {
+            self.log.restart_at(seq);
+        }
+    }
+
     /// Forgets everything (no WebSocket receiver is left to need it).
     pub fn clear(&mut self, log: &Log) {
         self.log.restart_at(log.end_seq());
