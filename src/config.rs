@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// A client that joins is first sent up to this many of the messages relayed before it
     /// (as far as `max_pending` holds them); 0 sends none.
     pub history: u64,
+    /// Clients must present this token before they join (`--auth-token-file`); `None`: no
+    /// authentication.
+    pub auth_token: Option<crate::auth::Token>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             metrics: None,
             history: 0,
+            auth_token: None,
         }
     }
 }

@@ -45,6 +45,7 @@
 //! # Ok::<(), mob::ServerError>(())
 //! ```
 
+pub mod auth;
 pub mod bench;
 pub mod chat;
 pub mod config;

@@ -86,6 +86,11 @@ struct ServeArgs {
     /// as --max-pending holds).
     #[arg(long, default_value_t = 0, value_name = "N")]
     history: u64,
+    /// Clients must present the token in this file (surrounding whitespace ignored) before
+    /// they join: TCP clients as their first message, WebSocket clients as ?token= or
+    /// Authorization: Bearer (off by default).
+    #[arg(long, value_name = "PATH")]
+    auth_token_file: Option<std::path::PathBuf>,
     /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -235,6 +240,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allowed_origins: args.allowed_origins,
         metrics: args.metrics,
         history: args.history,
+        auth_token: args
+            .auth_token_file
+            .as_deref()
+            .map(mob::auth::Token::from_file)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     };
     let mut server = Server::bind(config)?;
     server.handle_signals()?;

@@ -285,6 +285,9 @@ fn the_example_config_file_covers_every_flag_and_works() {
         })
         .map(|l| format!("{l}\n"))
         .collect();
+    // Files it names are made here.
+    let token = config_file("token", "example-token\n");
+    let uncommented = uncommented.replace("/etc/mob/token", &token);
     let every = config_file("every.toml", &uncommented);
     for example in [example, every.as_str()] {
         let server = Server::start(&[
@@ -296,6 +299,9 @@ fn the_example_config_file_covers_every_flag_and_works() {
             "127.0.0.1:0",
         ]);
         let mut c = server.connect();
+        if example == every {
+            c.send(b"example-token\n");
+        }
         c.send(b"configured\n");
         c.expect(b"configured\n");
     }

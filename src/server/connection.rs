@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 use socket2::{SockRef, TcpKeepalive};
 
+use super::auth::AuthWait;
 use super::cursor::{Cursor, Flushed};
 use super::disconnect::DisconnectReason;
 use super::inbox::{self, Inbox};
@@ -106,6 +107,8 @@ pub enum Transport {
     /// Not a receiver: an HTTP request being read, or an answer being written before the
     /// connection closes (see [`Side`]).
     Side(Box<Side>),
+    /// Not a receiver yet: a TCP client that has not presented the token (see [`AuthWait`]).
+    Auth(Box<AuthWait>),
 }
 
 /// A connected client.
@@ -227,7 +230,7 @@ impl Connection {
                     now,
                 );
             }
-            Transport::Side(_) => return Ok(Input::Drained),
+            Transport::Side(_) | Transport::Auth(_) => return Ok(Input::Drained),
         }
         let before = bufs.batch.len();
         let mut seen = usize::MAX;
@@ -358,7 +361,7 @@ impl Connection {
         let ws = match &mut self.transport {
             Transport::Tcp => return self.cursor.flush(log, skip, &mut out),
             Transport::Ws(ws) => ws,
-            Transport::Side(_) => return Ok(Flushed::CaughtUp),
+            Transport::Side(_) | Transport::Auth(_) => return Ok(Flushed::CaughtUp),
         };
         loop {
             if !self.cursor.in_message() && !ws.write_ctrl(&mut out)? {
@@ -385,7 +388,7 @@ impl Connection {
 
     /// Whether this connection is one of the fan-out's receivers (TCP or WebSocket).
     pub fn is_member(&self) -> bool {
-        !matches!(self.transport, Transport::Side(_))
+        matches!(self.transport, Transport::Tcp | Transport::Ws(_))
     }
 
     /// Makes a WebSocket receiver a side connection that is sent the rest of the message

@@ -38,6 +38,19 @@ pub enum DisconnectReason {
     PageServed,
     /// An HTTP client did not send its request head (or take its answer) in time.
     HttpTimeout,
+    /// A TCP client did not present the token (`--auth-token-file`).
+    Auth(AuthFailure),
+}
+
+/// How a TCP client failed to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Its first message was not the token.
+    WrongToken,
+    /// No token within the deadline.
+    NoToken,
+    /// It closed before its first message was complete.
+    ClosedFirst,
 }
 
 impl DisconnectReason {
@@ -51,8 +64,13 @@ impl DisconnectReason {
             DisconnectReason::Idle(_) => "idle",
             DisconnectReason::Shutdown { .. } => "shutdown",
             DisconnectReason::WsClosed(_) | DisconnectReason::PageServed => "closed",
+            DisconnectReason::Refused {
+                status: Status::Unauthorized,
+                ..
+            } => "auth",
             DisconnectReason::WsProtocol(_) | DisconnectReason::Refused { .. } => "protocol",
             DisconnectReason::HttpTimeout => "idle",
+            DisconnectReason::Auth(_) => "auth",
         }
     }
 
@@ -64,8 +82,9 @@ impl DisconnectReason {
                 | DisconnectReason::Protocol(_)
                 | DisconnectReason::SlowConsumer { .. }
                 | DisconnectReason::WsProtocol(_)
+                | DisconnectReason::Auth(_)
                 | DisconnectReason::Refused {
-                    status: Status::BadRequest | Status::Forbidden,
+                    status: Status::BadRequest | Status::Forbidden | Status::Unauthorized,
                     ..
                 }
         )
@@ -145,6 +164,17 @@ impl fmt::Display for DisconnectReason {
                 "client did not complete its HTTP request, or take what it was owed and close, within {}s",
                 super::web::SIDE_TIMEOUT.as_secs()
             ),
+            DisconnectReason::Auth(AuthFailure::WrongToken) => {
+                f.write_str("authentication failed: the first message is not the token")
+            }
+            DisconnectReason::Auth(AuthFailure::NoToken) => write!(
+                f,
+                "authentication failed: no token within {}s",
+                super::web::SIDE_TIMEOUT.as_secs()
+            ),
+            DisconnectReason::Auth(AuthFailure::ClosedFirst) => {
+                f.write_str("authentication failed: closed before sending the token")
+            }
         }
     }
 }

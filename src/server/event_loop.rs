@@ -21,9 +21,10 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tracing::{debug, info, warn};
 
+use super::auth::{AuthWait, Authenticated};
 use super::board::{Arrival, Board};
 use super::connection::{Connection, Input, ReadBuffers, Transport};
-use super::disconnect::DisconnectReason;
+use super::disconnect::{AuthFailure, DisconnectReason};
 use super::fanout::{Fanout, Policy};
 use super::listener;
 use super::metrics::{Counts, PUBLISH_EVERY};
@@ -77,7 +78,11 @@ pub struct EventLoop {
     http_listener: Option<TcpListener>,
     /// Browser origins allowed besides the server's own (`--allowed-origin`).
     origins: Origins,
-    /// Side connections (HTTP, or WebSocket clients being closed) by deadline: always
+    /// With `--auth-token-file`: the token's message in the server's wire form, which a TCP
+    /// client must send first.
+    token_message: Option<Vec<u8>>,
+    /// Side connections (HTTP, WebSocket clients being closed, TCP clients that have not
+    /// presented the token) by deadline: always
     /// [`web::SIDE_TIMEOUT`] after they were made, so in order. An entry whose connection
     /// is gone or no longer a side connection is skipped.
     side_deadlines: VecDeque<(Instant, usize, u64)>,
@@ -180,6 +185,10 @@ impl EventLoop {
         let mut bufs = ReadBuffers::new(&fanout.log);
         bufs.mark_binary = config.http.is_some();
         let origins = Origins::new(&config.allowed_origins);
+        let token_message = config
+            .auth_token
+            .as_ref()
+            .map(|t| t.message(config.protocol));
         let next_publish = config.metrics.map(|_| now);
         Ok(EventLoop {
             index,
@@ -187,6 +196,7 @@ impl EventLoop {
             listener,
             http_listener,
             origins,
+            token_message,
             side_deadlines: VecDeque::new(),
             config,
             board,
@@ -507,6 +517,22 @@ impl EventLoop {
             debug!(peer = %peer, event_loop = self.index, "connected (HTTP)");
             return;
         }
+        if self.token_message.is_some() {
+            // It joins once it has presented the token (see `drive_auth`).
+            let wait = Box::new(AuthWait::new(now));
+            self.side_deadlines.push_back((wait.deadline, key, id));
+            let transport = Transport::Auth(wait);
+            entry.insert(Connection::new(socket, peer, id, decoder, transport, now));
+            debug!(peer = %peer, event_loop = self.index, "connected, waiting for the token");
+            if self.shutdown_deadline.is_some() {
+                self.closing
+                    .push((key, DisconnectReason::Shutdown { owed: false }));
+            } else {
+                // What arrived before it was registered raises no event.
+                self.drive_auth(key);
+            }
+            return;
+        }
         let conn = entry.insert(Connection::new(
             socket,
             peer,
@@ -523,15 +549,44 @@ impl EventLoop {
         debug!(peer = %peer, event_loop = self.index, "connected");
     }
 
+    /// Reads the first message of a client that has not presented the token yet; if it is
+    /// the token, the client joins the receivers where the order ends now (and is sent the
+    /// `--history` before that), and what it sent after the token is read as its input.
+    fn drive_auth(&mut self, key: usize) {
+        let (Some(conn), Some(expected)) = (self.conns.get_mut(key), &self.token_message) else {
+            return;
+        };
+        let Transport::Auth(wait) = &mut conn.transport else {
+            return;
+        };
+        match wait.read(&conn.socket, expected, self.config.protocol) {
+            Authenticated::Pending => {}
+            Authenticated::No(reason) => self.closing.push((key, reason)),
+            Authenticated::Yes => {
+                conn.transport = Transport::Tcp;
+                let join_at = self.sequencer.join_point(&self.fanout.log, None, 0);
+                self.fanout.join(key, conn, join_at);
+                // Edge-triggered: what followed the token raises no new event.
+                conn.queued = true;
+                self.read_queue.push_back((key, conn.id));
+                debug!(peer = %conn.peer, event_loop = self.index, "authenticated");
+            }
+        }
+    }
+
     /// Reads, answers or upgrades a side connection (see [`Side::drive`]).
     fn drive_side(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if matches!(conn.transport, Transport::Auth(_)) {
+            return self.drive_auth(key);
+        }
         let Transport::Side(side) = &mut conn.transport else {
             return;
         };
-        match side.drive(&mut conn.socket, &self.origins) {
+        let token = self.config.auth_token.as_ref();
+        match side.drive(&mut conn.socket, &self.origins, token) {
             SideEvent::Pending => {}
             SideEvent::Done(reason) => self.closing.push((key, reason)),
             SideEvent::Upgrade { accept, rest } => self.upgrade(key, &accept, rest),
@@ -858,6 +913,9 @@ impl EventLoop {
                     let reason = side.timed_out();
                     self.closing.push((key, reason));
                 }
+            } else if matches!(&conn.transport, Transport::Auth(wait) if wait.deadline <= now) {
+                self.closing
+                    .push((key, DisconnectReason::Auth(AuthFailure::NoToken)));
             } else if conn.end_by.is_some_and(|by| by <= now) {
                 // A WebSocket client that closed and has not taken what it was owed since.
                 self.closing.push((key, DisconnectReason::HttpTimeout));

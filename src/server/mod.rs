@@ -7,6 +7,7 @@
 //! sequenced, in the same order, to its own log and flushes its own receivers from it
 //! (`event_loop.rs`, `sequencer.rs`, `board.rs`). With one loop the sequencer is a plain append.
 
+mod auth;
 mod board;
 mod connection;
 mod cursor;

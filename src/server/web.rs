@@ -22,6 +22,7 @@ use super::disconnect::DisconnectReason;
 use super::inbox;
 use super::log::{self, Entry};
 use super::pack::Packer;
+use crate::auth::Token;
 use crate::protocol::Protocol;
 use crate::sys;
 use crate::ws::frame::{self, close, Decoder, FrameError, Received};
@@ -94,8 +95,13 @@ impl Side {
     }
 
     /// Reads, answers and lingers as far as the socket allows.
-    pub fn drive(&mut self, socket: &mut TcpStream, origins: &Origins) -> SideEvent {
-        match self.step(socket, origins) {
+    pub fn drive(
+        &mut self,
+        socket: &mut TcpStream,
+        origins: &Origins,
+        token: Option<&Token>,
+    ) -> SideEvent {
+        match self.step(socket, origins, token) {
             Ok(event) => event,
             // Once answered, the answer is what the connection ended with, whether the client
             // then closed, reset or stopped.
@@ -123,7 +129,12 @@ impl Side {
         }
     }
 
-    fn step(&mut self, socket: &mut TcpStream, origins: &Origins) -> io::Result<SideEvent> {
+    fn step(
+        &mut self,
+        socket: &mut TcpStream,
+        origins: &Origins,
+        token: Option<&Token>,
+    ) -> io::Result<SideEvent> {
         loop {
             match &mut self.phase {
                 Phase::Head(head) => {
@@ -141,7 +152,7 @@ impl Side {
                         Err(e) => return Err(e),
                     };
                     debug_assert!(n > 0);
-                    let (route, head_len) = match handshake::parse(head, origins) {
+                    let (route, head_len) = match handshake::parse(head, origins, token) {
                         Parsed::Incomplete => continue,
                         Parsed::Done { route, head_len } => (route, head_len),
                     };

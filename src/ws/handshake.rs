@@ -1,10 +1,13 @@
 //! The HTTP side of `--http`: one request head in, the answer out, as pure code.
 //!
 //! `GET /` is the bundled page; `GET /ws` with a valid RFC 6455 upgrade becomes a WebSocket
-//! client; anything else gets an error status and the connection is closed. The head is parsed
+//! client (with `--auth-token-file`, only with the token: 401 otherwise); anything else gets
+//! an error status and the connection is closed. The head is parsed
 //! with `httparse`, the accept key derived with tungstenite's `derive_accept_key`.
 
 use tungstenite::handshake::derive_accept_key;
+
+use crate::auth::{self, Token};
 
 /// The longest request head read; a longer one is answered 400 and closed.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -29,6 +32,7 @@ pub enum Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     BadRequest,
+    Unauthorized,
     Forbidden,
     NotFound,
     MethodNotAllowed,
@@ -39,6 +43,7 @@ impl Status {
     pub fn line(self) -> &'static str {
         match self {
             Status::BadRequest => "400 Bad Request",
+            Status::Unauthorized => "401 Unauthorized",
             Status::Forbidden => "403 Forbidden",
             Status::NotFound => "404 Not Found",
             Status::MethodNotAllowed => "405 Method Not Allowed",
@@ -88,7 +93,7 @@ pub enum Parsed {
 }
 
 /// Looks at the start of an HTTP connection's input.
-pub fn parse(buf: &[u8], origins: &Origins) -> Parsed {
+pub fn parse(buf: &[u8], origins: &Origins, token: Option<&Token>) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -105,7 +110,7 @@ pub fn parse(buf: &[u8], origins: &Origins) -> Parsed {
         }
         Err(_) => return refuse(Status::BadRequest, "malformed request head", buf.len()),
     };
-    let route = route(&req, origins);
+    let route = route(&req, origins, token);
     Parsed::Done { route, head_len }
 }
 
@@ -116,10 +121,10 @@ fn refuse(status: Status, reason: &'static str, head_len: usize) -> Parsed {
     }
 }
 
-fn route(req: &httparse::Request, origins: &Origins) -> Route {
+fn route(req: &httparse::Request, origins: &Origins, token: Option<&Token>) -> Route {
     let refuse = |status, reason| Route::Refuse { status, reason };
-    let path = req.path.unwrap_or("/");
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let target = req.path.unwrap_or("/");
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
     if req.method != Some("GET") {
         return refuse(Status::MethodNotAllowed, "only GET is served");
     }
@@ -157,6 +162,20 @@ fn route(req: &httparse::Request, origins: &Origins) -> Route {
                 Status::Forbidden,
                 "Origin names another host (see --allowed-origin)",
             );
+        }
+    }
+    if let Some(token) = token {
+        match auth::from_request(target, header("Authorization")) {
+            None => {
+                return refuse(
+                    Status::Unauthorized,
+                    "no token (?token= or Authorization: Bearer; --auth-token-file)",
+                )
+            }
+            Some(given) if !token.matches(&given) => {
+                return refuse(Status::Unauthorized, "wrong token")
+            }
+            Some(_) => {}
         }
     }
     Route::Upgrade {
@@ -201,11 +220,14 @@ pub fn error_response(status: Status, reason: &str) -> Vec<u8> {
     body.push_str(reason);
     body.push('\n');
     let mut out = response(status.line(), "text/plain; charset=utf-8", body.as_bytes());
-    if status == Status::MethodNotAllowed {
-        // Say what is allowed, in the head (before the blank line).
-        let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
-        out.splice(at..at, b"\r\nAllow: GET".iter().copied());
-    }
+    // Say what is allowed, or how to authenticate, in the head (before the blank line).
+    let extra: &[u8] = match status {
+        Status::MethodNotAllowed => b"\r\nAllow: GET",
+        Status::Unauthorized => b"\r\nWWW-Authenticate: Bearer",
+        _ => b"",
+    };
+    let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+    out.splice(at..at, extra.iter().copied());
     out
 }
 

@@ -16,7 +16,7 @@ fn upgrade_answer() -> Vec<u8> {
     let Parsed::Done {
         route: Route::Upgrade { accept },
         head_len,
-    } = handshake::parse(&request, &Origins::default())
+    } = handshake::parse(&request, &Origins::default(), None)
     else {
         panic!("mob refuses the bench's upgrade request");
     };

@@ -12,7 +12,7 @@ fn upgrade(extra: &str) -> String {
 }
 
 fn route_of(head: &str, origins: &Origins) -> Route {
-    match parse(head.as_bytes(), origins) {
+    match parse(head.as_bytes(), origins, None) {
         Parsed::Done { route, head_len } => {
             assert_eq!(head_len, head.len());
             route
@@ -101,12 +101,12 @@ fn origins_of_other_hosts_are_refused_unless_allowed() {
 fn heads_are_incomplete_until_the_blank_line_and_refused_past_8_kib() {
     let none = Origins::default();
     assert_eq!(
-        parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &none),
+        parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &none, None),
         Parsed::Incomplete
     );
     let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
     assert!(matches!(
-        parse(huge.as_bytes(), &none),
+        parse(huge.as_bytes(), &none, None),
         Parsed::Done {
             route: Route::Refuse {
                 status: Status::BadRequest,
@@ -116,7 +116,7 @@ fn heads_are_incomplete_until_the_blank_line_and_refused_past_8_kib() {
         }
     ));
     assert!(matches!(
-        parse(b"\x16\x03\x01 garbage\r\n\r\n", &none),
+        parse(b"\x16\x03\x01 garbage\r\n\r\n", &none, None),
         Parsed::Done {
             route: Route::Refuse {
                 status: Status::BadRequest,
@@ -150,7 +150,7 @@ proptest! {
     /// Any bytes: never a panic, and a head is complete or refused once 8 KiB have arrived.
     #[test]
     fn any_input_is_parsed_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-        let _ = parse(&bytes, &Origins::default());
+        let _ = parse(&bytes, &Origins::default(), None);
     }
 
     /// A valid upgrade cut anywhere is incomplete before the cut reaches its end, and the same
@@ -159,7 +159,7 @@ proptest! {
     fn a_head_is_incomplete_until_its_end(cut in 0usize..200) {
         let head = upgrade("");
         let cut = cut.min(head.len());
-        let got = parse(&head.as_bytes()[..cut], &Origins::default());
+        let got = parse(&head.as_bytes()[..cut], &Origins::default(), None);
         if cut < head.len() {
             prop_assert_eq!(got, Parsed::Incomplete);
         } else {
@@ -167,4 +167,41 @@ proptest! {
             prop_assert!(is_upgrade);
         }
     }
+}
+
+#[test]
+fn with_a_token_an_upgrade_needs_it_in_the_query_or_a_bearer_header() {
+    let token = Token::new(b"t0k/en").unwrap();
+    let with = |target: &str, extra: &str| {
+        let head = upgrade(extra).replacen("/ws", target, 1);
+        match parse(head.as_bytes(), &Origins::default(), Some(&token)) {
+            Parsed::Done { route, .. } => route,
+            Parsed::Incomplete => panic!("incomplete"),
+        }
+    };
+    assert!(matches!(
+        with("/ws?token=t0k%2Fen", ""),
+        Route::Upgrade { .. }
+    ));
+    assert!(matches!(
+        with("/ws", "Authorization: Bearer t0k/en\r\n"),
+        Route::Upgrade { .. }
+    ));
+    assert_eq!(status(with("/ws", "")), Some(Status::Unauthorized));
+    assert_eq!(
+        status(with("/ws?token=t0k", "")),
+        Some(Status::Unauthorized)
+    );
+    assert_eq!(
+        status(with("/ws", "Authorization: Bearer nope\r\n")),
+        Some(Status::Unauthorized)
+    );
+    // The page itself is not secret: it passes its own ?token= on to /ws.
+    assert_eq!(with("/", ""), Route::Page);
+    let answer = String::from_utf8(error_response(Status::Unauthorized, "wrong token")).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+    assert!(
+        answer.contains("\r\nWWW-Authenticate: Bearer\r\n"),
+        "{answer}"
+    );
 }
