@@ -15,9 +15,6 @@ use rustls::ClientConnection;
 
 use crate::sys;
 
-/// Plaintext taken from rustls per read.
-const PLAIN_BLOCK: usize = 64 * 1024;
-
 pub enum Transport {
     Plain,
     /// Boxed: a connection's TLS state is a few KiB, and most benches have none.
@@ -67,23 +64,25 @@ impl Transport {
             Transport::Tls(conn) => conn,
         };
         loop {
-            let start = buf.len();
-            buf.resize(start + PLAIN_BLOCK, 0);
-            let plain = conn.reader().read(&mut buf[start..]);
-            buf.truncate(start + *plain.as_ref().unwrap_or(&0));
-            match plain {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // TCP ended without a close_notify: the end all the same.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                done => return done,
-            }
-            if conn.read_tls(socket)? == 0 {
-                return Ok(0);
-            }
-            conn.process_new_packets()
+            let at_end = conn.read_tls(socket)? == 0;
+            let state = conn
+                .process_new_packets()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             // Handshake messages or alerts to answer with.
             write_tls(conn, socket, &mut BytesMut::new())?;
+            // Taken whole, so rustls holds no plaintext between calls and the next call may
+            // start at the socket.
+            let n = state.plaintext_bytes_to_read();
+            if n > 0 {
+                let start = buf.len();
+                buf.resize(start + n, 0);
+                conn.reader().read_exact(&mut buf[start..])?;
+                return Ok(n);
+            }
+            // The end, with a close_notify or without one (TCP closed): either way the end.
+            if at_end || state.peer_has_closed() {
+                return Ok(0);
+            }
         }
     }
 
