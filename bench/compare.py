@@ -18,18 +18,26 @@ and mob-frame (the bench client is always target/release/mob), run in the same r
 WebSocket servers run only when named in --servers: ws-node (the Node `ws` broadcast peer in
 bench/ws-peer; run `npm ci` there first) and mob-ws (mob serve --protocol frame --http, the bench
 on its HTTP port's /ws), both loaded with `mob bench --target ws`/`mob-ws`.
+
+So do the servers behind TLS or a token: redis-tls (redis-server --tls-port, TLS only) and
+mob-tls (mob serve --tls-cert/--tls-key), both benched with --ca; mob-auth (mob serve
+--auth-token-file), benched with --token-file. Their certificate (self-signed, for 127.0.0.1
+and localhost, made by openssl) and token live in a temporary directory removed at exit.
 """
 
 import argparse
+import atexit
 import json
 import os
 import platform
 import resource
+import secrets
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 MOB = "target/release/mob"
@@ -63,6 +71,43 @@ def mob_serve_http(binary, protocol):
                       "--protocol", protocol, "--no-echo-self", "--max-connections", "20000"]
 
 
+_SECRETS = {}
+
+
+def secret(name):
+    """Path of the throwaway cert.pem, key.pem or token, made on first use, removed at exit."""
+    if not _SECRETS:
+        d = tempfile.mkdtemp(prefix="mob-compare-")
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+        cert, key, token = (os.path.join(d, n) for n in ("cert.pem", "key.pem", "token"))
+        # CA:FALSE: the certificate is both the trust anchor (--ca) and the server's own, and
+        # rustls (webpki) refuses a CA certificate as a server's (CaUsedAsEndEntity); openssl
+        # req -x509 marks it CA:TRUE unless told otherwise.
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                        "-addext", "basicConstraints=critical,CA:FALSE", "-days", "2",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        with open(token, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        _SECRETS.update({"cert.pem": cert, "key.pem": key, "token": token})
+    return _SECRETS[name]
+
+
+def redis_tls(p):
+    return ["redis-server", "--port", "0", "--tls-port", str(p), "--bind", "127.0.0.1",
+            "--tls-cert-file", secret("cert.pem"), "--tls-key-file", secret("key.pem"),
+            "--tls-ca-cert-file", secret("cert.pem"), "--tls-auth-clients", "no", "--save", "",
+            "--appendonly", "no", "--maxclients", "20000", "--loglevel", "warning"]
+
+
+def mob_tls(p):
+    return mob_serve(MOB, "line")(p) + ["--tls-cert", secret("cert.pem"), "--tls-key", secret("key.pem")]
+
+
+def mob_auth(p):
+    return mob_serve(MOB, "line")(p) + ["--auth-token-file", secret("token")]
+
+
 # name: (command for a port, bench target)
 SERVERS = {
     "ncat": (lambda p: ["ncat", "--listen", "--broker", "--max-conns", "20000", "127.0.0.1", str(p)], "mob-line"),
@@ -75,8 +120,20 @@ SERVERS = {
     "mob-frame-t2": (mob_serve(MOB, "frame", 2), "mob-frame"),
     "ws-node": (lambda p: [NODE, f"{WS_PEER}/server.js", "--port", str(p)], "ws"),
     "mob-ws": (mob_serve_http(MOB, "frame"), "mob-ws"),
+    "redis-tls": (redis_tls, "redis"),
+    "mob-tls": (mob_tls, "mob-line"),
+    "mob-auth": (mob_auth, "mob-line"),
 }
-OPT_IN = ["ws-node", "mob-ws"]  # run only when named in --servers
+# What the bench needs besides the target to get in.
+BENCH_ACCESS = {
+    "redis-tls": lambda: ["--ca", secret("cert.pem")],
+    "mob-tls": lambda: ["--ca", secret("cert.pem")],
+    "mob-auth": lambda: ["--token-file", secret("token")],
+}
+# Run only when named in --servers.
+OPT_IN = ["ws-node", "mob-ws", "redis-tls", "mob-tls", "mob-auth"]
+# mob servers whose flag the binary must have: (server, `mob serve` flag).
+NEEDS_FLAG = [("mob-ws", "--http"), ("mob-tls", "--tls-cert"), ("mob-auth", "--auth-token-file")]
 SERVER_CPUS = {"mob-line-t2": "0,1", "mob-frame-t2": "0,1"}  # default: SERVER_CPU
 PEERS = ["ncat", "redis", "nats"]
 MOBS = ["mob-line", "mob-frame"]
@@ -217,7 +274,7 @@ def run_one(server, workload, args):
         bench = subprocess.run(
             ["taskset", "-c", BENCH_CPU, MOB, "bench", f"127.0.0.1:{port}", "--target", target,
              "--duration", str(args.duration), "--warmup", str(args.warmup), "--json"]
-            + WORKLOADS[workload][1],
+            + BENCH_ACCESS.get(server, lambda: [])() + WORKLOADS[workload][1],
             capture_output=True, text=True, timeout=args.duration + args.warmup + 180)
         cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -362,6 +419,9 @@ def main():
     if "mob-ws" in servers and "ws-node" in servers:
         print("\n## mob-ws against ws-node\n")
         print(ratios(table, workloads, ["mob-ws"], ["ws-node"]))
+    if "mob-tls" in servers and "redis-tls" in servers:
+        print("\n## mob-tls against redis-tls\n")
+        print(ratios(table, workloads, ["mob-tls"], ["redis-tls"]))
     print(f"\nRaw results: {args.out}")
 
 
@@ -388,9 +448,12 @@ def parse_selection(ap, args):
         ap.error("ws-node: node is not installed")
     if "ws-node" in servers and not os.path.isdir(f"{WS_PEER}/node_modules/ws"):
         ap.error(f"ws-node: run `npm ci` in {WS_PEER} first")
-    if "mob-ws" in servers and "--http" not in subprocess.run([MOB, "serve", "--help"], capture_output=True,
-                                                              text=True).stdout:
-        ap.error(f"mob-ws: {MOB} has no `serve --http` (build a mob with WebSocket support)")
+    serve_help = subprocess.run([MOB, "serve", "--help"], capture_output=True, text=True).stdout
+    for server, flag in NEEDS_FLAG:
+        if server in servers and flag not in serve_help:
+            ap.error(f"{server}: {MOB} has no `serve {flag}` (build a mob that has it)")
+    if any(s in servers for s in BENCH_ACCESS) and not shutil.which("openssl"):
+        ap.error("redis-tls, mob-tls and mob-auth need openssl for their certificate")
     return workloads, servers
 
 

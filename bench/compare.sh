@@ -4,7 +4,7 @@
 # CPU 0 with the load generator on CPU 1, and writes docs/BENCHMARKS.md's table and plot inputs.
 # --baseline PATH also runs an older mob binary as base-line and base-frame, in the same rounds.
 # ws-node (the Node ws peer; npm ci in bench/ws-peer) and mob-ws (mob's --http /ws) run only when
-# named in --servers.
+# named in --servers; so do redis-tls, mob-tls and mob-auth (TLS or a token; openssl makes the certificate).
 #
 #   bench/compare.sh                  # full run: 3 rounds, 5 s measured each
 #   bench/compare.sh --rounds 1 --duration 2 --workloads W1,W3 --servers mob-line,redis

@@ -1,15 +1,20 @@
 //! `mob chat`: an interactive client. Lines typed on stdin go to the server; every message
-//! received is printed on stdout, one per line.
+//! received is printed on stdout, one per line. Over plain TCP or TLS (`transport.rs`).
+
+mod transport;
 
 use std::io::{self, BufRead, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 
+use crate::client::{tls, token, Access};
 use crate::protocol::{Decoder, Protocol};
+use transport::{Receiver, Sender};
 
 /// Largest message the client will print; a bigger one means the stream is not what we think.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -17,25 +22,36 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// After stdin ends, how long to wait for the server to send what it owes us and close.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Connects to `addr` and chats until stdin ends (then waits briefly for the server to send
-/// what it owes and close) or the server closes the connection.
-pub fn run(addr: &str, protocol: Protocol) -> anyhow::Result<()> {
+/// Connects to `addr` (over TLS and sending the token first, as `access` says) and chats
+/// until stdin ends (then waits briefly for the server to send what it owes and close) or the
+/// server closes the connection.
+pub fn run(addr: &str, protocol: Protocol, access: &Access) -> anyhow::Result<()> {
     if protocol == Protocol::Raw {
         bail!("mob chat speaks line or frame; raw has no message boundaries to print");
     }
     let stream = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
-    let writer = stream.try_clone()?;
+    let tls = match &access.tls {
+        Some(config) => Some((Arc::clone(config), tls::server_name(addr)?)),
+        None => None,
+    };
+    let (mut sender, receiver) =
+        transport::split(stream, tls).with_context(|| format!("TLS handshake with {addr}"))?;
+    if let Some(token) = &access.token {
+        let mut wire = BytesMut::new();
+        token::encode(protocol, token, &mut wire);
+        sender.send(&wire).context("cannot send the token")?;
+    }
     thread::spawn(move || {
-        if let Err(e) = send_stdin(writer, protocol) {
+        if let Err(e) = send_stdin(sender, protocol) {
             tracing::warn!("sending stopped: {e}");
         }
     });
-    receive(stream, protocol)
+    receive(receiver, protocol)
 }
 
 /// Sends each stdin line as one message; at the end of stdin, closes the sending side.
-fn send_stdin(mut stream: TcpStream, protocol: Protocol) -> io::Result<()> {
+fn send_stdin(mut sender: Sender, protocol: Protocol) -> io::Result<()> {
     let stdin = io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();
@@ -48,15 +64,13 @@ fn send_stdin(mut stream: TcpStream, protocol: Protocol) -> io::Result<()> {
         let payload = line.strip_suffix(b"\n").unwrap_or(&line);
         wire.clear();
         protocol.encode(payload, &mut wire);
-        stream.write_all(&wire)?;
+        sender.send(&wire)?;
     }
-    stream.shutdown(Shutdown::Write)?;
-    // The reader shares this socket: stop it from waiting forever on a server that stays open.
-    stream.set_read_timeout(Some(LINGER))
+    sender.finish(LINGER)
 }
 
 /// Prints every message received until the server closes (or stops sending after our EOF).
-fn receive(mut stream: TcpStream, protocol: Protocol) -> anyhow::Result<()> {
+fn receive(mut stream: Receiver, protocol: Protocol) -> anyhow::Result<()> {
     let mut decoder = Decoder::new(protocol, MAX_MESSAGE);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let stdout = io::stdout();

@@ -16,6 +16,8 @@
 //! - [`chat`]: the interactive client behind `mob chat`.
 //! - [`bench`]: the load generator and checker behind `mob bench` (mob, Redis, NATS and
 //!   WebSocket).
+//! - [`client`]: what those two clients share: the TLS client configuration (`--tls`, `--ca`)
+//!   and the token (`--token-file`) in each wire format.
 //! - `sys.rs`: the two system calls made by hand (`read(2)` into spare capacity, the
 //!   open-files limit), shared by the server and the bench.
 //! - `main.rs`: the `mob` command line, nothing more.
@@ -48,6 +50,7 @@
 pub mod auth;
 pub mod bench;
 pub mod chat;
+pub mod client;
 pub mod config;
 pub mod protocol;
 pub mod server;

@@ -118,6 +118,35 @@ struct ChatArgs {
     /// Wire protocol the server speaks.
     #[arg(long, default_value = "line", value_parser = ["line", "frame"])]
     protocol: String,
+    #[command(flatten)]
+    access: AccessArgs,
+}
+
+/// How a client gets in: TLS and a token, for a server started with `--tls-cert` or
+/// `--auth-token-file`.
+#[derive(Args)]
+struct AccessArgs {
+    /// Send the token in this file first (for `serve --auth-token-file`); for ws and mob-ws it
+    /// goes in the request URL as ?token=.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
+    /// Connect over TLS, trusting the built-in (Mozilla) roots unless --ca is given.
+    #[arg(long)]
+    tls: bool,
+    /// Trust the certificates in this PEM file instead of the built-in roots (implies --tls).
+    #[arg(long, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
+}
+
+impl AccessArgs {
+    fn load(self) -> anyhow::Result<mob::client::Access> {
+        mob::client::AccessOptions {
+            token_file: self.token_file,
+            tls: self.tls,
+            ca: self.ca,
+        }
+        .load()
+    }
 }
 
 #[derive(Args)]
@@ -154,6 +183,8 @@ struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 fn main() -> ExitCode {
@@ -174,7 +205,7 @@ fn main() -> ExitCode {
     init_logging(format);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Chat(args) => protocol(&args.protocol).and_then(|p| mob::chat::run(&args.addr, p)),
+        Command::Chat(args) => chat(args),
         Command::Bench(args) => bench(args),
     };
     match result {
@@ -273,8 +304,15 @@ fn target_parser() -> impl clap::builder::TypedValueParser<Value = Target> {
         .map(|name| name.parse().expect("a listed target parses"))
 }
 
+fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let protocol = protocol(&args.protocol)?;
+    let access = args.access.load()?;
+    mob::chat::run(&args.addr, protocol, &access)
+}
+
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let target = args.target;
+    let access = args.access.load()?;
     let config = BenchConfig {
         addr: args
             .addr
@@ -290,6 +328,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .window
             .unwrap_or_else(|| BenchConfig::default_window(args.size)),
         progress: !args.json && std::io::stderr().is_terminal(),
+        access,
     };
     let report = mob::bench::run(config)?;
     let mut stdout = std::io::stdout().lock();

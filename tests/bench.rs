@@ -1,4 +1,5 @@
-//! `mob bench` against real servers: mob in every protocol and over WebSocket, Redis, NATS and
+//! `mob bench` against real servers: mob in every protocol and over WebSocket, Redis (also over
+//! TLS), NATS and
 //! a WebSocket broadcast server (the Node peer), and a relay that loses and reorders on purpose
 //! (the checker must be able to fail).
 
@@ -136,6 +137,70 @@ fn bench_finds_no_loss_against_redis() {
 }
 
 #[test]
+fn bench_finds_no_loss_against_redis_over_tls() {
+    let dir = std::env::temp_dir().join(format!("mob-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let peer = Peer::start(
+        "redis-server",
+        |port| {
+            let mut args: Vec<String> = ["--port", "0", "--tls-port", &port.to_string()]
+                .map(String::from)
+                .to_vec();
+            for (flag, file) in [
+                ("--tls-cert-file", &cert),
+                ("--tls-key-file", &key),
+                ("--tls-ca-cert-file", &cert),
+            ] {
+                args.extend([flag.to_string(), file.clone()]);
+            }
+            args.extend(
+                [
+                    "--tls-auth-clients",
+                    "no",
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ]
+                .map(String::from),
+            );
+            args.extend(["--appendonly".into(), "no".into()]);
+            args
+        },
+        "Ready to accept connections",
+    );
+    let Some(peer) = peer else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
+    let (ok, report) = bench(peer.addr, "redis", &["--publishers", "2", "--ca", &cert]);
+    assert_clean(ok, &report);
+    // The built-in roots do not vouch for a certificate made here: the bench must refuse it.
+    let out = mob()
+        .args([
+            "bench",
+            &peer.addr.to_string(),
+            "--target",
+            "redis",
+            "--tls",
+        ])
+        .args(["--duration", "0.2", "--warmup", "0", "--subscribers", "2"])
+        .output()
+        .expect("run mob bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bench_finds_no_loss_against_nats() {
     let Some(peer) = Peer::start(
         "nats-server",
@@ -195,12 +260,17 @@ struct Peer {
 impl Peer {
     /// Starts `program` and waits for its ready line. Without the program installed this
     /// returns `None` (the test passes vacuously, saying so) unless `CI` is set, where `.ci/run`
-    /// installs it and its absence is a failure.
+    /// installs it and its absence is a failure (or, for Redis, `MOB_REQUIRE_REDIS=1`).
     fn start(program: &str, args: impl Fn(u16) -> Vec<String>, ready: &str) -> Option<Peer> {
         if Command::new(program).arg("--version").output().is_err() {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "{program} is not installed (.ci/run installs it)"
+            );
+            assert!(
+                program != "redis-server"
+                    || std::env::var("MOB_REQUIRE_REDIS").as_deref() != Ok("1"),
+                "redis-server is not installed and MOB_REQUIRE_REDIS=1"
             );
             eprintln!("SKIPPED: {program} is not installed (apt-get install {program})");
             return None;

@@ -14,10 +14,12 @@ mod check;
 pub mod payload;
 mod report;
 pub mod target;
+mod transport;
 mod ws;
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -27,6 +29,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::client::{tls, Access};
 use crate::sys;
 use check::{Arrival, Checker};
 pub use report::Report;
@@ -34,12 +37,15 @@ pub use target::Target;
 
 use payload::{Stamp, SYNC_PUBLISHER};
 use target::{Endpoint, Item};
+use transport::Transport;
 
 /// Longest wait for one connection: a server whose accept queue is full makes the kernel
 /// retry the handshake for minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for every connection and subscription before the clock starts.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the sync message is sent again while subscribers have not seen it.
+const SYNC_AGAIN: Duration = Duration::from_millis(500);
 /// After the run, longest wait for messages still in flight before counting them lost...
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// ...and the wait once nothing arrives any more (a server that lost messages).
@@ -68,6 +74,8 @@ pub struct BenchConfig {
     pub window: usize,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// TLS and the token, for servers that want them.
+    pub access: Access,
 }
 
 impl BenchConfig {
@@ -97,7 +105,17 @@ pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
     if let Err(e) = sys::raise_open_files_limit() {
         tracing::warn!("cannot raise the open-files limit: {e}");
     }
-    let endpoint = Endpoint::parse(&config.addr, config.target).map_err(anyhow::Error::msg)?;
+    let mut endpoint = Endpoint::parse(&config.addr, config.target, config.access.tls.is_some())
+        .map_err(anyhow::Error::msg)?;
+    if let Some(token) = &config.access.token {
+        if !config.target.takes_token() {
+            bail!(
+                "--token-file is mob's token; --target {} has no place for it",
+                config.target
+            );
+        }
+        endpoint.token = Some(token.clone());
+    }
     let addr = resolve(&endpoint.authority)?;
     let mut bench = Bench::connect(config, addr, &endpoint)?;
     bench.set_up()?;
@@ -125,6 +143,8 @@ enum Role {
 /// One socket of the bench.
 struct Peer {
     socket: TcpStream,
+    /// Plain, or the connection's TLS state.
+    transport: Transport,
     role: Role,
     /// Unparsed input: an incomplete item left from the last read.
     tail: BytesMut,
@@ -134,6 +154,14 @@ struct Peer {
     /// The server answered the WebSocket upgrade (from the start for other targets): until
     /// then the connection may send nothing more (RFC 6455 4.1).
     upgraded: bool,
+}
+
+impl Peer {
+    /// Upgraded and past any TLS handshake: what it sends now is sent at once, so it may be
+    /// timed.
+    fn is_connected(&self) -> bool {
+        self.upgraded && !self.transport.is_handshaking()
+    }
 }
 
 struct Subscriber {
@@ -187,12 +215,19 @@ struct Bench {
     /// The run is over and connections are being closed: input is discarded, closes are
     /// expected rather than counted.
     hanging_up: bool,
+    /// Why the last connection that failed did (a TLS error, say), for the error that ends a
+    /// setup no connection survived.
+    last_fault: Option<String>,
 }
 
 impl Bench {
     fn connect(config: BenchConfig, addr: SocketAddr, at: &Endpoint) -> anyhow::Result<Bench> {
         let poll = Poll::new()?;
         let mut peers = Vec::with_capacity(config.subscribers + config.publishers);
+        let server_name = match config.access.tls {
+            Some(_) => Some(tls::server_name(&at.authority)?),
+            None => None,
+        };
         let roles = (0..config.subscribers)
             .map(Role::Subscriber)
             .chain((0..config.publishers).map(Role::Publisher));
@@ -213,6 +248,13 @@ impl Bench {
                 token,
                 Interest::READABLE | Interest::WRITABLE,
             )?;
+            let transport = match (&config.access.tls, &server_name) {
+                (Some(tls), Some(name)) => Transport::Tls(Box::new(
+                    rustls::ClientConnection::new(Arc::clone(tls), name.clone())
+                        .context("TLS setup")?,
+                )),
+                _ => Transport::Plain,
+            };
             let mut out = BytesMut::new();
             match role {
                 Role::Subscriber(_) => config.target.subscribe(at, &mut out),
@@ -220,6 +262,7 @@ impl Bench {
             }
             peers.push(Peer {
                 socket,
+                transport,
                 role,
                 tail: BytesMut::new(),
                 out,
@@ -256,11 +299,13 @@ impl Bench {
             measured: Measured::default(),
             disconnects: 0,
             hanging_up: false,
+            last_fault: None,
         })
     }
 
     /// Waits until every connection may publish and every subscriber is known to receive:
-    /// WebSocket upgrades answered on every connection, publishers' too; then confirmed
+    /// TLS handshakes finished and WebSocket upgrades answered on every connection,
+    /// publishers' too (so no handshake is timed); then confirmed
     /// subscriptions for Redis and NATS, or, for servers that relay to all (mob, WebSocket), a
     /// sync message from the last publisher (connected after every subscriber) that every
     /// subscriber must receive.
@@ -272,13 +317,19 @@ impl Bench {
         for i in 0..self.peers.len() {
             self.write(i);
         }
-        let mut synced = false;
+        let mut synced_at: Option<Instant> = None;
         let deadline = Instant::now() + SETUP_TIMEOUT;
         let mut events = Events::with_capacity(4096);
         loop {
             let upgraded = self.peers.iter().filter(|p| p.upgraded).count();
             let all_upgraded = upgraded == self.peers.len();
-            if all_upgraded && self.config.target.relays_to_all() && !synced {
+            let connected = self.peers.iter().filter(|p| p.is_connected()).count();
+            let all_connected = connected == self.peers.len();
+            // Again now and then: a server registers a TLS or token connection only once its
+            // handshake or token is through, and those finish in no particular order, so the
+            // first sync may pass a subscriber by.
+            let sync_due = synced_at.map_or(true, |at| at.elapsed() >= SYNC_AGAIN);
+            if all_connected && self.config.target.relays_to_all() && sync_due {
                 let last = self.peers.len() - 1;
                 let stamp = Stamp {
                     publisher: SYNC_PUBLISHER,
@@ -289,15 +340,16 @@ impl Bench {
                     .target
                     .publish(stamp, self.config.size, &mut self.peers[last].out);
                 self.write(last);
-                synced = true;
+                synced_at = Some(Instant::now());
             }
             let ready = self.subs.iter().filter(|s| s.ready).count();
-            if all_upgraded && ready == self.subs.len() {
+            if all_connected && ready == self.subs.len() {
                 return Ok(());
             }
             if self.disconnects > 0 {
+                let why = self.last_fault.as_deref().unwrap_or("closed by the server");
                 bail!(
-                    "the server closed {} connections while subscribing",
+                    "{} connections were lost while subscribing (the last: {why})",
                     self.disconnects
                 );
             }
@@ -310,6 +362,13 @@ impl Bench {
                     self.config.target
                 );
             }
+            if now >= deadline && !all_connected {
+                bail!(
+                    "only {connected} of {} connections finished the TLS handshake within \
+                     {SETUP_TIMEOUT:?}: does the server speak TLS?",
+                    self.peers.len(),
+                );
+            }
             if now >= deadline {
                 bail!(
                     "only {ready} of {} subscribers confirmed within {SETUP_TIMEOUT:?}: does the \
@@ -318,7 +377,12 @@ impl Bench {
                     self.config.target
                 );
             }
-            self.poll_once(&mut events, Some(deadline - now))?;
+            let wait = if synced_at.is_some() {
+                SYNC_AGAIN
+            } else {
+                deadline - now
+            };
+            self.poll_once(&mut events, Some(wait.min(deadline - now)))?;
         }
     }
 
@@ -401,7 +465,9 @@ impl Bench {
                 self.config.target.goodbye(&mut peer.out);
                 self.write(i);
             }
-            let _ = self.peers[i].socket.shutdown(std::net::Shutdown::Write);
+            let peer = &mut self.peers[i];
+            peer.transport.close_notify(&mut peer.socket);
+            let _ = peer.socket.shutdown(std::net::Shutdown::Write);
         }
         let deadline = Instant::now() + HANG_UP_TIMEOUT;
         let mut events = Events::with_capacity(4096);
@@ -568,16 +634,8 @@ impl Bench {
     /// Writes what is pending for peer `i` until done or `WouldBlock`.
     fn write(&mut self, i: usize) {
         let peer = &mut self.peers[i];
-        while !peer.out.is_empty() {
-            match io::Write::write(&mut peer.socket, &peer.out) {
-                Ok(n) => peer.out.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.close(i);
-                    return;
-                }
-            }
+        if let Err(e) = peer.transport.write(&mut peer.socket, &mut peer.out) {
+            self.fault(i, e);
         }
     }
 
@@ -594,16 +652,23 @@ impl Bench {
             if buf.capacity() - buf.len() < 16 * 1024 {
                 buf.reserve(READ_BLOCK);
             }
-            match sys::read_into(&peer.socket, buf, usize::MAX) {
+            match peer.transport.read(&mut peer.socket, buf) {
                 Ok(0) => {
                     self.close(i);
                     return;
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Reading may have finished a TLS handshake, which lets plaintext held
+                    // back until then go.
+                    if !peer.out.is_empty() || peer.transport.wants_write() {
+                        self.write(i);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.close(i);
+                Err(e) => {
+                    self.fault(i, e);
                     return;
                 }
             }
@@ -719,6 +784,15 @@ impl Bench {
         {
             publisher.acked += 1;
         }
+    }
+
+    /// Peer `i`'s connection failed: the reason is logged and kept, and the peer closed.
+    fn fault(&mut self, i: usize, e: io::Error) {
+        if !self.hanging_up {
+            tracing::warn!("{:?}: {e}", self.peers[i].role);
+            self.last_fault = Some(e.to_string());
+        }
+        self.close(i);
     }
 
     fn close(&mut self, i: usize) {

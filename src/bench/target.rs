@@ -2,6 +2,7 @@
 //! NATS and WebSocket (any broadcast server, or mob's `/ws`). Pure code: bytes to send, and
 //! items parsed off the front of what was received.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
@@ -10,7 +11,8 @@ use bytes::{BufMut, BytesMut};
 
 use super::payload::{self, Stamp};
 use super::ws;
-use crate::protocol::FRAME_HEADER_LEN;
+use crate::client::token;
+use crate::protocol::{Protocol, FRAME_HEADER_LEN};
 
 /// The channel (Redis) or subject (NATS) the bench publishes on.
 const CHANNEL: &str = "mob";
@@ -112,16 +114,41 @@ impl Target {
         }
     }
 
-    /// Bytes a publisher sends once connected.
+    /// mob's token (`serve --auth-token-file`) has a place in what this target sends: the
+    /// first message on TCP, the request URL on WebSocket.
+    pub fn takes_token(self) -> bool {
+        !matches!(self, Target::Redis | Target::Nats)
+    }
+
+    /// The wire format of mob's TCP targets.
+    fn protocol(self) -> Option<Protocol> {
+        match self {
+            Target::MobLine => Some(Protocol::Line),
+            Target::MobFrame => Some(Protocol::Frame),
+            Target::MobRaw => Some(Protocol::Raw),
+            _ => None,
+        }
+    }
+
+    /// Bytes a publisher sends once connected (a subscriber too, where all relay to all):
+    /// the token first if there is one, the WebSocket upgrade.
     pub fn greet(self, endpoint: &Endpoint, out: &mut BytesMut) {
         match self {
             Target::Nats => {
                 out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
             }
             Target::Ws | Target::MobWs => {
-                ws::upgrade_request(&endpoint.authority, &endpoint.path, out)
+                let path = match &endpoint.token {
+                    Some(t) => Cow::Owned(token::with_token(&endpoint.path, t)),
+                    None => Cow::Borrowed(endpoint.path.as_str()),
+                };
+                ws::upgrade_request(&endpoint.authority, &path, out)
             }
-            _ => {}
+            _ => {
+                if let (Some(protocol), Some(t)) = (self.protocol(), &endpoint.token) {
+                    token::encode(protocol, t, out);
+                }
+            }
         }
     }
 
@@ -229,16 +256,23 @@ pub struct Endpoint {
     pub authority: String,
     /// The WebSocket request path (unused by the other targets).
     pub path: String,
+    /// mob's token, sent first (or in the WebSocket URL).
+    pub token: Option<String>,
 }
 
 impl Endpoint {
-    /// Reads `host:port`; for a WebSocket target also `ws://host:port/path` or
-    /// `host:port/path` (the path defaults to the target's).
-    pub fn parse(addr: &str, target: Target) -> Result<Endpoint, String> {
+    /// Reads `host:port`; for a WebSocket target also `ws://host:port/path` (`wss://` with
+    /// `tls`) or `host:port/path` (the path defaults to the target's).
+    pub fn parse(addr: &str, target: Target, tls: bool) -> Result<Endpoint, String> {
         let rest = match addr.split_once("://") {
             None => addr,
             Some(("ws", rest)) if target.is_websocket() => rest,
-            Some(("wss", _)) => return Err(format!("{addr}: wss:// (TLS) is not supported")),
+            Some(("wss", rest)) if target.is_websocket() => {
+                if !tls {
+                    return Err(format!("{addr}: wss:// needs --tls (or --ca)"));
+                }
+                rest
+            }
             Some(_) => {
                 return Err(format!(
                     "{addr}: --target {target} takes host:port{}",
@@ -262,6 +296,7 @@ impl Endpoint {
         Ok(Endpoint {
             authority: authority.to_string(),
             path: path.to_string(),
+            token: None,
         })
     }
 }
@@ -465,7 +500,8 @@ mod tests {
 
     #[test]
     fn endpoints_take_a_path_only_for_websocket() {
-        let at = |addr: &str, t: Target| Endpoint::parse(addr, t).map(|e| (e.authority, e.path));
+        let at =
+            |addr: &str, t: Target| Endpoint::parse(addr, t, true).map(|e| (e.authority, e.path));
         let ok = |host: &str, path: &str| Ok((host.to_string(), path.to_string()));
         assert_eq!(at("127.0.0.1:8080", Target::Ws), ok("127.0.0.1:8080", "/"));
         assert_eq!(
@@ -476,10 +512,40 @@ mod tests {
         assert_eq!(at("ws://h:1", Target::MobWs), ok("h:1", "/ws"));
         assert_eq!(at("h:1/", Target::MobWs), ok("h:1", "/"));
         assert_eq!(at("h:6379", Target::Redis), ok("h:6379", "/"));
-        assert!(at("wss://h:1/", Target::Ws).unwrap_err().contains("TLS"));
+        assert_eq!(at("wss://h:1/x", Target::Ws), ok("h:1", "/x"));
+        assert!(Endpoint::parse("wss://h:1/", Target::Ws, false)
+            .unwrap_err()
+            .contains("--tls"));
         assert!(at("http://h:1/", Target::Ws).is_err());
         assert!(at("ws://h:1/", Target::Nats).is_err());
         assert!(at("h:1/x", Target::MobLine).unwrap_err().contains("path"));
+    }
+
+    #[test]
+    fn every_connection_sends_the_token_first_where_mob_wants_it() {
+        let greeting = |t: Target, token: Option<&str>| {
+            let mut at = Endpoint::parse("h:1", t, false).unwrap();
+            at.token = token.map(str::to_string);
+            let mut out = BytesMut::new();
+            t.greet(&at, &mut out);
+            // Subscribers of servers that relay to all open the same way.
+            let mut sub = BytesMut::new();
+            t.subscribe(&at, &mut sub);
+            assert_eq!(out, sub, "{t}");
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        assert_eq!(greeting(Target::MobLine, Some("tok")), "tok\n");
+        assert_eq!(greeting(Target::MobRaw, Some("tok")), "tok\n");
+        assert_eq!(
+            greeting(Target::MobFrame, Some("tok")),
+            "\0\0\0\0\0\0\0\x03tok"
+        );
+        assert_eq!(greeting(Target::MobLine, None), "");
+        assert!(
+            greeting(Target::MobWs, Some("a b")).starts_with("GET /ws?token=a%20b HTTP/1.1\r\n")
+        );
+        assert!(greeting(Target::Ws, None).starts_with("GET / HTTP/1.1\r\n"));
+        assert!(!Target::Redis.takes_token() && !Target::Nats.takes_token());
     }
 
     #[test]
