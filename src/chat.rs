@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 
-use crate::client::{tls, token, Access};
+use crate::client::{tls, Access};
 use crate::protocol::{Decoder, Protocol};
 use transport::{Receiver, Sender};
 
@@ -38,9 +38,9 @@ pub fn run(addr: &str, protocol: Protocol, access: &Access) -> anyhow::Result<()
     let (mut sender, receiver) =
         transport::split(stream, tls).with_context(|| format!("TLS handshake with {addr}"))?;
     if let Some(token) = &access.token {
-        let mut wire = BytesMut::new();
-        token::encode(protocol, token, &mut wire);
-        sender.send(&wire).context("cannot send the token")?;
+        sender
+            .send(&token.message(protocol))
+            .context("cannot send the token")?;
     }
     thread::spawn(move || {
         if let Err(e) = send_stdin(sender, protocol) {

@@ -146,7 +146,7 @@ impl Target {
             }
             _ => {
                 if let (Some(protocol), Some(t)) = (self.protocol(), &endpoint.token) {
-                    token::encode(protocol, t, out);
+                    out.extend_from_slice(&t.message(protocol));
                 }
             }
         }
@@ -257,7 +257,7 @@ pub struct Endpoint {
     /// The WebSocket request path (unused by the other targets).
     pub path: String,
     /// mob's token, sent first (or in the WebSocket URL).
-    pub token: Option<String>,
+    pub token: Option<crate::auth::Token>,
 }
 
 impl Endpoint {
@@ -525,7 +525,7 @@ mod tests {
     fn every_connection_sends_the_token_first_where_mob_wants_it() {
         let greeting = |t: Target, token: Option<&str>| {
             let mut at = Endpoint::parse("h:1", t, false).unwrap();
-            at.token = token.map(str::to_string);
+            at.token = token.map(|t| crate::auth::Token::new(t.as_bytes()).unwrap());
             let mut out = BytesMut::new();
             t.greet(&at, &mut out);
             // Subscribers of servers that relay to all open the same way.

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use rustls::ClientConfig;
 
+use crate::auth::Token;
+
 /// The command line's choices, before any file is read.
 #[derive(Debug, Clone, Default)]
 pub struct AccessOptions {
@@ -26,7 +28,7 @@ pub struct AccessOptions {
 #[derive(Debug, Clone, Default)]
 pub struct Access {
     /// The token, whitespace trimmed; `None` for a server that wants none.
-    pub token: Option<String>,
+    pub token: Option<Token>,
     /// TLS settings shared by every connection; `None` for plain TCP.
     pub tls: Option<Arc<ClientConfig>>,
 }
@@ -37,8 +39,9 @@ impl AccessOptions {
         let token = self
             .token_file
             .as_deref()
-            .map(token::read_file)
-            .transpose()?;
+            .map(Token::from_file)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         let tls = (self.tls || self.ca.is_some())
             .then(|| tls::client_config(self.ca.as_deref()))
             .transpose()?;
