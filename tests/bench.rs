@@ -96,6 +96,47 @@ fn bench_finds_no_loss_against_mob_over_websocket() {
 }
 
 #[test]
+fn bench_finds_no_loss_against_mob_with_a_token_over_tcp_and_websocket() {
+    let dir = std::env::temp_dir().join(format!("mob-bench-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "bench/token+1\n").unwrap();
+    let file = file.to_str().unwrap();
+    for protocol in ["line", "frame"] {
+        let server = Server::start(&[
+            "--protocol",
+            protocol,
+            "--no-echo-self",
+            "--auth-token-file",
+            file,
+            "--http",
+            "127.0.0.1:0",
+        ]);
+        let extra = ["--publishers", "3", "--token-file", file];
+        let (ok, report) = bench(server.addr, &format!("mob-{protocol}"), &extra);
+        assert_clean(ok, &report);
+        let (ok, report) = bench(server.http_addr(), "mob-ws", &extra);
+        assert_clean(ok, &report);
+        // Without the token nobody is let in: the bench cannot start.
+        let (ok, _) = bench_result(server.addr, &format!("mob-{protocol}"));
+        assert!(!ok, "a bench without the token ran");
+    }
+}
+
+/// Whether a bench run without extra flags succeeded (it may print no report).
+fn bench_result(addr: SocketAddr, target: &str) -> (bool, String) {
+    let out = mob()
+        .args(["bench", &addr.to_string(), "--target", target])
+        .args(["--duration", "1", "--warmup", "0.2", "--subscribers", "2"])
+        .output()
+        .expect("run mob bench");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
 fn bench_checker_reports_loss_and_reordering() {
     let addr = faulty_relay();
     let (ok, report) = bench(addr, "mob-line", &["--rate", "1000"]);
