@@ -117,7 +117,8 @@ pub fn check_first(got: &[u8], expected: &[u8], protocol: Protocol) -> FirstMess
     }
 }
 
-/// The token in a WebSocket request: `?token=` in its target, or `Authorization: Bearer`.
+/// The token in a WebSocket request: `?token=` in its target (form-encoded, as browsers'
+/// `URLSearchParams` write it: `+` is a space, `%2B` a plus), or `Authorization: Bearer`.
 pub fn from_request(target: &str, authorization: Option<&str>) -> Option<Vec<u8>> {
     let bearer = authorization.and_then(|value| {
         let (scheme, rest) = value.trim().split_once(' ')?;
@@ -132,7 +133,7 @@ pub fn from_request(target: &str, authorization: Option<&str>) -> Option<Vec<u8>
     query
         .split('&')
         .find_map(|pair| pair.strip_prefix("token="))
-        .map(|v| percent_encoding::percent_decode_str(v).collect())
+        .map(|v| percent_encoding::percent_decode_str(&v.replace('+', " ")).collect())
 }
 
 #[cfg(test)]
@@ -218,5 +219,6 @@ mod tests {
         );
         assert_eq!(from_request("/ws", None), None);
         assert_eq!(from_request("/ws?tokens=abc", None), None);
+        assert_eq!(from_request("/ws?token=a+b%2Bc", None).unwrap(), b"a b+c");
     }
 }

@@ -158,10 +158,11 @@ fn frame_and_raw_clients_present_the_token_in_their_own_wire_form() {
 
     let server = start("raw", &["--protocol", "raw"]);
     let mut a = server.connect();
-    a.send(format!("{TOKEN}\n").as_bytes());
+    a.send(format!("{TOKEN}\na in").as_bytes());
+    // Once it has its own bytes back it is a receiver.
+    a.expect(b"a in");
     let mut b = server.connect();
     b.send(format!("{TOKEN}\nraw bytes").as_bytes());
-    // `a` joined before `b` sent anything after its token.
     a.expect(b"raw bytes");
 }
 
@@ -276,4 +277,69 @@ fn an_unreadable_or_empty_token_file_stops_the_start_naming_it() {
             "{err}"
         );
     }
+}
+
+/// Reads everything from `c` until EOF/reset or `quiet` without bytes; returns (bytes, closed).
+fn drain(c: &mut Client, quiet: Duration) -> (Vec<u8>, bool) {
+    c.stream.set_read_timeout(Some(quiet)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match c.stream.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return (out, false)
+            }
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+fn auth_server(name: &str, args: &[&str]) -> Server {
+    let dir = std::env::temp_dir().join(format!("mob-auth-more-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, TOKEN).unwrap();
+    let mut all = vec!["--auth-token-file", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Server::start(&all)
+}
+
+/// Clients that never present a token may hold a quarter of --max-connections: the one that
+/// waited longest makes room for a newcomer, so a client with the token gets in.
+#[test]
+fn clients_without_the_token_cannot_keep_out_one_that_has_it() {
+    let server = auth_server("lockout", &["--max-connections", "3"]);
+    let squatters: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    let mut good = server.connect();
+    good.send(format!("{TOKEN}\nhello\n").as_bytes());
+    let (got, closed) = drain(&mut good, Duration::from_millis(1500));
+    eprintln!(
+        "token holder got {:?}, closed {closed}\n{}",
+        String::from_utf8_lossy(&got),
+        server.log.text()
+    );
+    drop(squatters);
+    assert_eq!(
+        got, b"hello\n",
+        "the token holder was locked out by 3 silent connections"
+    );
+}
+
+/// The WebSocket token in the query: a form-encoded space (`+`, as URLSearchParams and HTML
+/// forms write it) is a space.
+#[test]
+fn a_plus_in_the_query_token_is_a_space_as_browsers_write_it() {
+    use util::ws::RawHttp;
+    let server = auth_server("plus", &["--http", "127.0.0.1:0"]);
+    let mut raw = RawHttp::connect(server.http_addr());
+    let req = util::ws::UPGRADE.replacen("/ws", "/ws?token=open+sesame%2F42", 1);
+    raw.send(req.as_bytes());
+    let head = raw.read_head();
+    eprintln!("{head}");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }

@@ -3,7 +3,9 @@
 
 mod util;
 
+use std::io::Read;
 use std::thread;
+use std::time::Duration;
 
 use util::ws::Ws;
 use util::{Client, Server};
@@ -191,4 +193,176 @@ fn history_holds_on_an_idle_server_and_is_given_to_each_joiner() {
         b.send(format!("joiner {k}\n").as_bytes());
         b.expect(expected);
     }
+}
+
+/// Fills the log with lines `from..from + n` of 1000 bytes, paced by `publisher`'s own echo.
+fn fill(publisher: &mut Client, from: u32, n: u32) {
+    for chunk in (from..from + n).collect::<Vec<u32>>().chunks(50) {
+        let wire: String = chunk.iter().map(|&i| format!("{i:0999}\n")).collect();
+        publisher.send(wire.as_bytes());
+        publisher.expect(wire.as_bytes());
+    }
+}
+
+/// Reads 1000-byte numbered lines from `c` until `last`; returns their numbers.
+fn numbers_until(c: &mut Client, last: u32) -> Vec<u32> {
+    let mut got = Vec::new();
+    loop {
+        let line = c.read_line();
+        let n: u32 = String::from_utf8(line).unwrap().parse().unwrap();
+        got.push(n);
+        if n == last {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn a_joiner_that_lags_inside_its_history_loses_its_oldest_history_not_its_connection() {
+    // History takes at most half of --max-pending (2 MiB of 4): then 3 MB of live messages
+    // the joiner does not read yet push the log past 4 MiB, into its unsent history.
+    let server = Server::start(&["--history", "1000000", "--max-pending", "4MiB"]);
+    let mut publisher = server.connect();
+    fill(&mut publisher, 0, 6000);
+    let mut joiner = Client::connect_small_buffer(server.addr);
+    // Its own line marks the join (read after it joined); 1000 bytes like the others.
+    joiner.send(format!("{:0999}\n", 500_000).as_bytes());
+    publisher.skip_past(format!("{:0999}\n", 500_000).as_bytes());
+    fill(&mut publisher, 100_000, 3000);
+    let got = numbers_until(&mut joiner, 100_000 + 2999);
+    let marker = got
+        .iter()
+        .position(|&n| n == 500_000)
+        .expect("its own line");
+    let (history, live) = (&got[..marker], &got[marker + 1..]);
+    assert!(!history.is_empty(), "some history is left");
+    assert_eq!(
+        *history.last().unwrap(),
+        5999,
+        "history ends where it joined"
+    );
+    for w in history.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "history is one run");
+    }
+    assert_eq!(
+        live,
+        (100_000..103_000).collect::<Vec<u32>>(),
+        "live: all, in order"
+    );
+    let log = server.log.text();
+    assert!(!log.contains("disconnected: slow consumer"), "{log}");
+}
+
+/// Reads everything from `c` until EOF/reset or `quiet` without bytes; returns (bytes, closed).
+fn drain(c: &mut Client, quiet: Duration) -> (Vec<u8>, bool) {
+    c.stream.set_read_timeout(Some(quiet)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match c.stream.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return (out, false)
+            }
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+/// A joiner that lags only `lag` lines of live traffic (far less than --max-pending) is cut
+/// as a slow consumer when it joined with a full history; without history it is not.
+fn joiner_lagging(history: &str, lag: u32) -> (usize, bool, String) {
+    let server = Server::start(&["--history", history, "--max-pending", "16MiB"]);
+    let mut publisher = server.connect();
+    fill(&mut publisher, 0, 14000); // ~14 MB: history is as full as --max-pending allows
+    let mut joiner = Client::connect_small_buffer(server.addr);
+    joiner.send(b"joined\n");
+    publisher.skip_past(b"joined\n"); // the joiner is a receiver now
+    fill(&mut publisher, 100_000, lag); // live traffic the joiner has not read yet
+    let (got, closed) = drain(&mut joiner, Duration::from_millis(1500));
+    let lines = got.iter().filter(|&&b| b == b'\n').count();
+    (lines, closed, server.log.text())
+}
+
+#[test]
+fn a_history_joiner_that_lags_less_than_max_pending_is_not_cut() {
+    let (lines, closed, log) = joiner_lagging("0", 6000);
+    eprintln!("no history: {lines} lines, closed {closed}");
+    assert!(!closed, "control: a 6 MB lag is no slow consumer\n{log}");
+    let (lines, closed, log) = joiner_lagging("1000000", 6000);
+    eprintln!("history: {lines} lines, closed {closed}\n{log}");
+    assert!(
+        !closed,
+        "a history joiner that lagged 6 MB (of 16 MiB) was cut\n{log}"
+    );
+}
+
+/// A WebSocket joiner with a full history: its history is rendered again on top of the log
+/// (memory past --max-pending) and the next trim cuts it after a tiny lag.
+fn ws_joiner_lagging(history: &str, lag: u32) -> (usize, bool, String, u64, u64) {
+    use util::ws::RawHttp;
+    let server = Server::start(&[
+        "--history",
+        history,
+        "--max-pending",
+        "16MiB",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    let http = server.http_addr();
+    let mut publisher = server.connect();
+    fill(&mut publisher, 0, 14000);
+    let rss_before = server.peak_rss();
+    let mut joiner = RawHttp::upgrade_small_buffer(http); // joined once the 101 is read
+    fill(&mut publisher, 100_000, lag);
+    let rss_after = server.peak_rss();
+    joiner
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let (mut got, mut closed) = (0usize, false);
+    let mut buf = [0u8; 65536];
+    loop {
+        match joiner.stream.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got += n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break
+            }
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    if closed {
+        server.log.wait_for(&["disconnected"]);
+    }
+    (got, closed, server.log.text(), rss_before, rss_after)
+}
+
+#[test]
+fn a_websocket_history_joiner_is_not_cut_for_a_small_lag_nor_grows_the_server() {
+    let (got, closed, log, b, a) = ws_joiner_lagging("0", 10);
+    eprintln!("ws no history: {got} bytes, closed {closed}, peak rss {b} -> {a}");
+    assert!(!closed, "control\n{log}");
+    let (got, closed, log, b, a) = ws_joiner_lagging("1000000", 10);
+    eprintln!("ws history: {got} bytes, closed {closed}, peak rss {b} -> {a}\n{log}");
+    assert!(
+        !closed,
+        "a WebSocket history joiner that lagged 10 KB (of 16 MiB) was cut\n{log}"
+    );
+    // History and its WebSocket rendition together stay within --max-pending (16 MiB) and
+    // a quarter, plus the reading's slack.
+    assert!(a.saturating_sub(b) < 24 << 20, "grew {} MiB", (a - b) >> 20);
 }

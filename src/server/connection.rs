@@ -147,6 +147,9 @@ pub struct Connection {
     shortest: usize,
     /// Messages skipped under `--slow-consumer drop`.
     pub dropped: u64,
+    /// Where it joined the order: what it is sent before is history (`--history`), sent as
+    /// far as the log still holds it.
+    pub live_from: u64,
     /// TCP, WebSocket, or an HTTP connection not (or no longer) receiving.
     pub transport: Transport,
     /// Why the connection ends once it has been sent all up to `eof_at`, when that is not a
@@ -181,6 +184,7 @@ impl Connection {
             member_index: 0,
             shortest: usize::MAX,
             dropped: 0,
+            live_from: 0,
             transport,
             end: None,
             end_by: None,

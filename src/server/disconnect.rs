@@ -51,6 +51,8 @@ pub enum AuthFailure {
     NoToken,
     /// It closed before its first message was complete.
     ClosedFirst,
+    /// It had waited longest when the connections without a token were at their limit.
+    Displaced,
 }
 
 impl DisconnectReason {
@@ -175,6 +177,9 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Auth(AuthFailure::ClosedFirst) => {
                 f.write_str("authentication failed: closed before sending the token")
             }
+            DisconnectReason::Auth(AuthFailure::Displaced) => f.write_str(
+                "authentication failed: no token yet, closed for a newer connection (a quarter of --max-connections may wait for theirs)",
+            ),
         }
     }
 }

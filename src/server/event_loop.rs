@@ -81,6 +81,9 @@ pub struct EventLoop {
     /// With `--auth-token-file`: the token's message in the server's wire form, which a TCP
     /// client must send first.
     token_message: Option<Vec<u8>>,
+    /// TCP clients that have not presented the token, oldest first (entries of connections
+    /// that have since joined or closed are dropped when the list is next looked at).
+    waiting_for_token: VecDeque<(usize, u64)>,
     /// Side connections (HTTP, WebSocket clients being closed, TCP clients that have not
     /// presented the token) by deadline: always
     /// [`web::SIDE_TIMEOUT`] after they were made, so in order. An entry whose connection
@@ -197,6 +200,7 @@ impl EventLoop {
             http_listener,
             origins,
             token_message,
+            waiting_for_token: VecDeque::new(),
             side_deadlines: VecDeque::new(),
             config,
             board,
@@ -454,14 +458,13 @@ impl EventLoop {
             // It joins the order here, before any input read after this accept is sequenced,
             // on whichever loop it is served.
             if to == self.index {
-                let join_at = self.sequencer.join_point(&self.fanout.log, None, 0);
+                let join_at = self.sequencer.join_point(&self.fanout.log, None);
                 self.admit(socket, peer, join_at, http, now);
                 continue;
             }
             let (sequencer, log) = (&self.sequencer, &self.fanout.log);
-            let history = self.config.history;
             let handed = self.board.hand_over(to, socket, peer, http, |floor| {
-                sequencer.join_point(log, Some(floor), history)
+                sequencer.join_point(log, Some(floor))
             });
             if handed.is_some() {
                 // That loop has stopped: the server is shutting down. Dropping it closes it.
@@ -483,6 +486,9 @@ impl EventLoop {
     ) {
         if let Err(e) = Connection::configure(&socket) {
             debug!(peer = %peer, "cannot set socket options: {e}");
+        }
+        if !http && self.token_message.is_some() {
+            self.make_room_to_wait_for_token(now);
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -521,6 +527,7 @@ impl EventLoop {
             // It joins once it has presented the token (see `drive_auth`).
             let wait = Box::new(AuthWait::new(now));
             self.side_deadlines.push_back((wait.deadline, key, id));
+            self.waiting_for_token.push_back((key, id));
             let transport = Transport::Auth(wait);
             entry.insert(Connection::new(socket, peer, id, decoder, transport, now));
             debug!(peer = %peer, event_loop = self.index, "connected, waiting for the token");
@@ -549,6 +556,29 @@ impl EventLoop {
         debug!(peer = %peer, event_loop = self.index, "connected");
     }
 
+    /// Clients that have not presented the token hold at most a quarter of
+    /// `--max-connections` (shared among the loops): at that many, the one that has waited
+    /// longest is closed for the newcomer. A client with the token needs one round trip to
+    /// present it; silent connections cannot keep it out, nor fill the server.
+    fn make_room_to_wait_for_token(&mut self, now: Instant) {
+        let most = (self.config.max_connections / 4 / self.board.loops()).max(1);
+        let waiting = |c: &Connection| matches!(c.transport, Transport::Auth(_));
+        self.waiting_for_token.retain(|&(key, id)| {
+            self.conns
+                .get(key)
+                .is_some_and(|c| c.id == id && waiting(c))
+        });
+        while self.waiting_for_token.len() >= most {
+            let Some((key, _)) = self.waiting_for_token.pop_front() else {
+                break;
+            };
+            self.closing
+                .push((key, DisconnectReason::Auth(AuthFailure::Displaced)));
+        }
+        // Closed now, so the next accept in this turn finds its place free.
+        self.close_pending(now);
+    }
+
     /// Reads the first message of a client that has not presented the token yet; if it is
     /// the token, the client joins the receivers where the order ends now (and is sent the
     /// `--history` before that), and what it sent after the token is read as its input.
@@ -564,7 +594,7 @@ impl EventLoop {
             Authenticated::No(reason) => self.closing.push((key, reason)),
             Authenticated::Yes => {
                 conn.transport = Transport::Tcp;
-                let join_at = self.sequencer.join_point(&self.fanout.log, None, 0);
+                let join_at = self.sequencer.join_point(&self.fanout.log, None);
                 self.fanout.join(key, conn, join_at);
                 // Edge-triggered: what followed the token raises no new event.
                 conn.queued = true;
@@ -612,7 +642,7 @@ impl EventLoop {
         conn.transport = Transport::Ws(Box::new(ws));
         conn.wants_writable = false;
         conn.blocked = false;
-        let join_at = self.sequencer.join_point(&self.fanout.log, None, 0);
+        let join_at = self.sequencer.join_point(&self.fanout.log, None);
         self.fanout.join(key, conn, join_at);
         self.fanout.wake(key, conn);
         // Frames that came with the head, and whatever the socket holds beyond it.
@@ -707,7 +737,7 @@ impl EventLoop {
                 Ok(Input::Eof) => {
                     conn.queued = false;
                     // Owed what was sequenced before its end, on any loop.
-                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None, 0));
+                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
                     self.fanout.wake(key, conn);
                     debug!(peer = %conn.peer, "client closed its sending side");
                 }
@@ -717,7 +747,7 @@ impl EventLoop {
                     // the close frame; all within the side deadline (it may not be idle, but
                     // it must not hold its backlog for ever by never reading it).
                     conn.queued = false;
-                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None, 0));
+                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
                     if reason.is_failure() {
                         // Logged now: however the connection ends later (a time-out, a slow
                         // consumer, a reset), the fault is what the operator needs to see.

@@ -183,6 +183,7 @@ impl Fanout {
             .saturating_sub(self.history)
             .max(self.log.first_seq());
         conn.cursor = Cursor::at(seq);
+        conn.live_from = join_at;
         conn.member_index = self.members.len();
         self.members.push((key, conn.id));
         if conn.is_websocket() {
@@ -422,21 +423,23 @@ impl Fanout {
         now: Instant,
     ) {
         let Some(round) = &self.round else { return };
-        // The last `--history` messages stay for those who join (as far as --max-pending
-        // lets them, below).
+        let needed = round.trim_point(self.log.end_seq()).min(policy.join_floor);
+        // The last `--history` messages stay for those who join, in at most half of
+        // --max-pending: a joiner sent them from the oldest keeps room to fall behind.
         let history_from = self.log.end_seq().saturating_sub(self.history);
-        let keep_from = round
-            .trim_point(self.log.end_seq())
-            .min(policy.join_floor)
-            .min(history_from);
-        self.log.trim_before(keep_from);
+        self.log.trim_before(needed.min(history_from));
+        // The rendition counts too (its frames are near copies of the log's messages), once
+        // per loop (each loop renders its own).
+        let held = |f: &Self| f.log.held() + f.rendition.log.held() * f.loops;
+        while self.log.first_seq() < needed && held(self) > policy.max_pending / 2 {
+            self.log.trim_before(self.log.first_seq() + 1);
+            self.rendition.trim(self.log.first_seq());
+        }
         self.trim_rendition(conns, policy.join_floor);
         self.trimmed_held_at = self.log.appended_held();
-        // The rendition counts too (its frames are near copies of the log's messages), once
-        // per loop (each loop renders its own): the two are trimmed together, oldest first,
+        // Beyond --max-pending the log and rendition are trimmed together, oldest first,
         // until both fit. Not past where a connection handed to this loop joins: it is taken
         // in this turn or the next, so the log passes --max-pending for that long at most.
-        let held = |f: &Self| f.log.held() + f.rendition.log.held() * f.loops;
         if held(self) <= policy.max_pending {
             return;
         }
@@ -471,6 +474,14 @@ fn fall_behind(
     log_limit: &mut LogLimit,
     now: Instant,
 ) -> Option<DisconnectReason> {
+    // History is sent as far as the log still holds it: a joiner still being sent messages
+    // from before it joined starts its history later, quietly (it has fallen behind nothing
+    // it was promised). Not inside a message: its history stays one run.
+    let seq = conn.cursor.next_seq();
+    if seq < conn.live_from && log.first_seq() <= conn.live_from && !conn.cursor.in_message() {
+        conn.cursor = Cursor::at(log.first_seq());
+        return None;
+    }
     match policy.slow_consumer {
         SlowConsumerPolicy::Disconnect => Some(DisconnectReason::SlowConsumer {
             max_pending: policy.max_pending,

@@ -66,14 +66,13 @@ impl Sequencer {
     /// Where the order ends now: a client accepted now is sent what is sequenced from here on.
     /// With several loops this may be ahead of `log`, which catches up when woken. `floor`, if
     /// given, is lowered to the point, atomically with reading it: the loop the client is
-    /// handed to must keep its log from there until it has taken the client in, and `history`
-    /// messages before it (`--history`: the client is sent those first).
-    pub fn join_point(&self, log: &Log, floor: Option<&AtomicU64>, history: u64) -> u64 {
+    /// handed to must keep its log from there until it has taken the client in.
+    pub fn join_point(&self, log: &Log, floor: Option<&AtomicU64>) -> u64 {
         match self {
             Sequencer::Alone => {
                 let end = log.end_seq();
                 if let Some(floor) = floor {
-                    floor.fetch_min(end.saturating_sub(history), Ordering::SeqCst);
+                    floor.fetch_min(end, Ordering::SeqCst);
                 }
                 end
             }
@@ -82,7 +81,7 @@ impl Sequencer {
                 // is lowered: its trim after taking it sees the floor.
                 let state = lock(&member.order.state);
                 if let Some(floor) = floor {
-                    floor.fetch_min(state.end.saturating_sub(history), Ordering::SeqCst);
+                    floor.fetch_min(state.end, Ordering::SeqCst);
                 }
                 state.end
             }

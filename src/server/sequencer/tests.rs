@@ -45,7 +45,7 @@ fn alone_is_a_plain_append() {
     s.sequence(&mut b, &mut log);
     assert!(b.is_empty());
     assert_eq!(contents(&log), ["0:0", "0:1", "0:2"]);
-    assert_eq!(s.join_point(&log, None, 0), 3);
+    assert_eq!(s.join_point(&log, None), 3);
     assert_eq!(s.pressure(), 0);
     assert!(!s.stall());
 }
@@ -64,7 +64,7 @@ fn a_batch_comes_after_what_others_sequenced_before_it() {
     );
     let floor = AtomicU64::new(u64::MAX);
     assert_eq!(
-        sa.join_point(la, Some(&floor), 0),
+        sa.join_point(la, Some(&floor)),
         3,
         "the order's end, ahead of a's log"
     );
