@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -69,6 +70,18 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Where to serve `/metrics` and `/healthz`; `None` serves none.
     pub metrics: Option<SocketAddr>,
+    /// Serve TLS on the listener and the HTTP listener with this certificate and key; `None`
+    /// serves plain TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of `--tls-cert` and `--tls-key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// The private key of the server's certificate.
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +100,7 @@ impl Default for ServerConfig {
             http: None,
             allowed_origins: Vec::new(),
             metrics: None,
+            tls: None,
         }
     }
 }

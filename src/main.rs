@@ -85,6 +85,13 @@ struct ServeArgs {
     /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Serve TLS on the listener and on the --http listener (https, wss) with this certificate
+    /// chain (PEM, the server's certificate first); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// How log lines on stderr are written: text for people, json (one object a line, fields
     /// as keys) for log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -230,6 +237,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http: args.http,
         allowed_origins: args.allowed_origins,
         metrics: args.metrics,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| mob::config::TlsFiles { cert, key }),
     };
     let mut server = Server::bind(config)?;
     server.handle_signals()?;

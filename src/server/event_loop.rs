@@ -29,6 +29,7 @@ use super::listener;
 use super::metrics::{Counts, PUBLISH_EVERY};
 use super::ratelimit::LogLimit;
 use super::sequencer::Sequencer;
+use super::stream::Stream;
 use super::timer::Timer;
 use super::web::{self, Side, SideEvent, WsState};
 use super::{CutOff, ServerError, Stats};
@@ -77,6 +78,8 @@ pub struct EventLoop {
     http_listener: Option<TcpListener>,
     /// Browser origins allowed besides the server's own (`--allowed-origin`).
     origins: Origins,
+    /// With `--tls-cert`: every connection of both listeners is a TLS session under this.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Side connections (HTTP, or WebSocket clients being closed) by deadline: always
     /// [`web::SIDE_TIMEOUT`] after they were made, so in order. An entry whose connection
     /// is gone or no longer a side connection is skipped.
@@ -139,15 +142,18 @@ pub struct EventLoop {
 pub struct LoopSetup {
     poll: Poll,
     timer: Timer,
+    /// The TLS configuration of its connections (`--tls-cert`), if any.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl LoopSetup {
-    /// A poll with its timer, and the waker that goes to the board.
-    pub fn new() -> Result<(LoopSetup, Waker), ServerError> {
+    /// A poll with its timer, and the waker that goes to the board; its connections are TLS
+    /// sessions under `tls`, if given.
+    pub fn new(tls: Option<Arc<rustls::ServerConfig>>) -> Result<(LoopSetup, Waker), ServerError> {
         let poll = Poll::new().map_err(ServerError::Setup)?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(ServerError::Setup)?;
         let timer = Timer::new(poll.registry(), TIMER).map_err(ServerError::Setup)?;
-        Ok((LoopSetup { poll, timer }, waker))
+        Ok((LoopSetup { poll, timer, tls }, waker))
     }
 }
 
@@ -162,7 +168,7 @@ impl EventLoop {
         board: Arc<Board>,
         sequencer: Sequencer,
     ) -> Result<EventLoop, ServerError> {
-        let LoopSetup { poll, timer } = setup;
+        let LoopSetup { poll, timer, tls } = setup;
         let (mut listener, mut http_listener) = (listener, http_listener);
         for (listener, token) in [
             (&mut listener, LISTENER),
@@ -187,6 +193,7 @@ impl EventLoop {
             listener,
             http_listener,
             origins,
+            tls,
             side_deadlines: VecDeque::new(),
             config,
             board,
@@ -464,7 +471,7 @@ impl EventLoop {
     /// (The board counted it already; a failure here uncounts it.)
     fn admit(
         &mut self,
-        mut socket: TcpStream,
+        socket: TcpStream,
         peer: SocketAddr,
         join_at: u64,
         http: bool,
@@ -473,6 +480,17 @@ impl EventLoop {
         if let Err(e) = Connection::configure(&socket) {
             debug!(peer = %peer, "cannot set socket options: {e}");
         }
+        let mut socket = match &self.tls {
+            None => Stream::Plain(socket),
+            Some(config) => match Stream::tls(socket, config) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    warn!(peer = %peer, "cannot start a TLS session: {e}");
+                    self.board.closed(self.index);
+                    return;
+                }
+            },
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let interest = if http {
@@ -642,8 +660,10 @@ impl EventLoop {
             self.sequencer
                 .sequence(&mut self.bufs.batch, &mut self.fanout.log);
             self.bufs.shrink(read);
-            if matches!(&conn.transport, Transport::Ws(ws) if ws.has_ctrl()) {
-                self.fanout.wake(key, conn); // a pong to write
+            if conn.has_ctrl() {
+                // A pong, or what the TLS session wants sent (its handshake) that the socket
+                // did not take at once.
+                self.fanout.wake(key, conn);
             }
             match result {
                 Ok(Input::More) => self.read_queue.push_back((key, id)),
