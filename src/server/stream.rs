@@ -306,3 +306,6 @@ impl Source for Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
