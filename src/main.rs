@@ -191,7 +191,11 @@ fn main() -> ExitCode {
 
 /// Log lines go to stderr at the level `RUST_LOG` sets (`info` when unset), in `format`.
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls's own lines (with its `logging` feature, which the clients' use may turn on)
+    // are off unless asked for: a client can cause them by the thousand, and the server logs
+    // each TLS failure itself, rate-limited, naming the peer.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rustls=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -21,7 +21,6 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -39,6 +38,10 @@ use crate::sys;
 pub const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// A client's socket, with its TLS session if the listener has one.
+///
+/// It has no file descriptor of its own to offer (no `AsRawFd`): a raw `read(2)` on a TLS
+/// connection would take ciphertext for input, so every read must come through here (socket
+/// options go through [`tcp`](Self::tcp)).
 #[derive(Debug)]
 pub enum Stream {
     /// Bytes go to the socket as they are.
@@ -258,18 +261,6 @@ impl Write for Stream {
             true => Ok(()),
             false => Err(io::ErrorKind::WouldBlock.into()),
         }
-    }
-}
-
-impl AsRawFd for Stream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.tcp().as_raw_fd()
-    }
-}
-
-impl AsFd for Stream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.tcp().as_fd()
     }
 }
 
