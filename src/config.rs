@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -75,6 +76,18 @@ pub struct ServerConfig {
     /// Clients must present this token before they join (`--auth-token-file`); `None`: no
     /// authentication.
     pub auth_token: Option<crate::auth::Token>,
+    /// Serve TLS on the listener and the HTTP listener with this certificate and key; `None`
+    /// serves plain TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of `--tls-cert` and `--tls-key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// The private key of the server's certificate.
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +108,7 @@ impl Default for ServerConfig {
             metrics: None,
             history: 0,
             auth_token: None,
+            tls: None,
         }
     }
 }
