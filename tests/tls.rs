@@ -660,3 +660,112 @@ fn tls_clients_present_the_token_and_mob_bench_speaks_tls_to_mob() {
     }
     assert!(report["delivered"].as_u64().unwrap() > 0);
 }
+
+// ---- review (revtls): reproductions ----
+
+/// A TLS client that ends its stream (close_notify, its socket left open) is owed what was
+/// sequenced before: it must get it, then the server's close_notify, so it can tell a
+/// complete stream from a cut (the TLS equivalent of the FIN a plain client gets).
+#[test]
+fn review_a_client_that_sends_close_notify_gets_all_then_close_notify() {
+    let cert = Cert::new("review-eof");
+    let server = cert.serve(&[]);
+    let mut client = TlsClient::connect(&cert, server.addr);
+    client.send(b"one\ntwo\n");
+    client.expect(b"one\n");
+    client.tls.conn.send_close_notify();
+    client.tls.flush().expect("send close_notify");
+    let rest = client.read_to_clean_end();
+    assert_eq!(rest, b"two\n");
+}
+
+/// The same with a TCP half-close instead of close_notify (README: taken as the end of the
+/// stream, like a FIN).
+#[test]
+fn review_a_client_that_half_closes_gets_all_then_close_notify() {
+    let cert = Cert::new("review-fin");
+    let server = cert.serve(&[]);
+    let mut client = TlsClient::connect(&cert, server.addr);
+    client.send(b"one\ntwo\n");
+    client.expect(b"one\n");
+    client.tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let rest = client.read_to_clean_end();
+    assert_eq!(rest, b"two\n");
+}
+
+/// Connections that never finish their TLS handshake: each holds a partial ClientHello
+/// (rustls buffers up to 64 KiB of handshake) and, being a receiver already, up to 64 KiB of
+/// plaintext copied out of the log, with no deadline. The README promises 64 KiB of records
+/// each plus one incoming record (about 16 KiB).
+#[test]
+fn review_connections_that_never_finish_the_handshake_hold_at_most_80_kib_each() {
+    const N: usize = 200;
+    let cert = Cert::new("review-hs");
+    let server = cert.serve(&["--no-echo-self"]);
+    let mut reader = TlsClient::connect(&cert, server.addr);
+    let mut sender = TlsClient::connect(&cert, server.addr);
+    sender.send(b"warm\n");
+    reader.expect(b"warm\n");
+    let before = server.rss();
+    let record = |p: &[u8]| {
+        let mut r = vec![0x16, 0x03, 0x01];
+        r.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        r.extend_from_slice(p);
+        r
+    };
+    let mut hello = vec![0x01, 0x00, 0xff, 0xf0, 0x03, 0x03];
+    hello.resize(16_000, b'A');
+    let mut flight = record(&hello);
+    for _ in 0..2 {
+        flight.extend(record(&[b'B'; 16_000]));
+    }
+    flight.extend(record(&[b'C'; 12_000]));
+    let stalled: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            s.write_all(&flight).unwrap();
+            s
+        })
+        .collect();
+    let lines = numbered_lines("while-handshaking", 256 * 1024);
+    sender.send(&lines);
+    reader.expect(&lines);
+    // The stalled connections' reads are done once the server has answered a ping after them.
+    sender.send(b"ping\n");
+    reader.expect(b"ping\n");
+    let grown = server.rss().saturating_sub(before);
+    let per = grown / N as u64;
+    drop(stalled);
+    assert!(
+        per < 80 * 1024,
+        "{N} connections that never finished the TLS handshake grew the server by {} KiB \
+         ({} KiB each)",
+        grown / 1024,
+        per / 1024
+    );
+}
+
+#[test]
+fn a_client_that_never_completes_its_handshake_is_closed_after_10_s_and_sent_nothing() {
+    let cert = Cert::new("silent");
+    let server = cert.serve(&[]);
+    let mut publisher = TlsClient::connect(&cert, server.addr);
+    // A plain-text listener (nc) on the TLS port: it says nothing, so no alert either.
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    let started = std::time::Instant::now();
+    publisher.send(b"not for the silent one\n");
+    publisher.expect(b"not for the silent one\n");
+    let mut got = Vec::new();
+    let _ = silent.read_to_end(&mut got);
+    assert!(got.is_empty(), "it was sent {} bytes", got.len());
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(9),
+        "closed after {waited:?}"
+    );
+    let peer = silent.local_addr().unwrap().to_string();
+    server
+        .log
+        .wait_for(&["TLS handshake not completed within 10s", &peer]);
+}

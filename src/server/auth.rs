@@ -1,6 +1,8 @@
-//! A TCP client that has not presented the token yet (`--auth-token-file`).
+//! A TCP client that has not joined yet: its TLS handshake (`--tls-cert`) is not through, or
+//! it has not presented the token (`--auth-token-file`).
 //!
-//! It is no receiver: it is sent nothing and nothing of it is relayed. Its first message is
+//! It is no receiver: it is sent nothing and nothing of it is relayed (so a TLS session holds
+//! no plaintext of the log before its handshake is through). Its first message is
 //! read into a buffer of its own, never more bytes than the token's message has, so that what
 //! follows the token stays in the socket for the ordinary read path once it has joined. The
 //! deadline is the side connections' ([`SIDE_TIMEOUT`](super::web::SIDE_TIMEOUT)), in their
@@ -44,18 +46,23 @@ impl AuthWait {
         }
     }
 
-    /// Reads what the socket holds of the first message, which must be `expected` (the
-    /// token's message in `protocol`). Under TLS, first sends what the session has to send
-    /// (its handshake), as far as the socket takes it (the rest on a writable event).
+    /// Drives the TLS handshake (sending what the session has to send as far as the socket
+    /// takes it: the rest on a writable event), then reads what the socket holds of the first
+    /// message, which must be `expected` (the token's message in `protocol`), if any.
     pub fn read(
         &mut self,
         socket: &mut Stream,
-        expected: &[u8],
+        expected: Option<&[u8]>,
         protocol: Protocol,
     ) -> Authenticated {
-        if let Err(e) = socket.send_pending() {
-            return Authenticated::No(DisconnectReason::from_io(e));
+        match socket.send_pending().and_then(|_| socket.handshake()) {
+            Ok(true) => {}
+            Ok(false) => return Authenticated::Pending,
+            Err(e) => return Authenticated::No(DisconnectReason::from_io(e)),
         }
+        let Some(expected) = expected else {
+            return Authenticated::Yes;
+        };
         loop {
             let need = match check_first(&self.got, expected, protocol) {
                 FirstMessage::Accepted => return Authenticated::Yes,

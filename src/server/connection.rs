@@ -268,6 +268,7 @@ impl Connection {
             "scratch holds another client's bytes"
         );
         let (mut taken, mut held) = (0, 0);
+        let wire_from = self.socket.wire_in();
         while taken < budget && held < held_budget {
             inbox::reserve_for_read(&mut bufs.scratch);
             // Until the client has sent a message, assume the worst: one byte each.
@@ -294,7 +295,9 @@ impl Connection {
                     return Ok(Input::Eof);
                 }
                 Ok(n) => {
-                    taken += n;
+                    // Under TLS the records count when they are more than the plaintext.
+                    let wire = (self.socket.wire_in() - wire_from) as usize;
+                    taken = (taken + n).max(wire);
                     bufs.bytes_in += n as u64;
                     self.last_input = now;
                     let before = bufs.batch.len();
@@ -467,6 +470,15 @@ impl Connection {
         }
         self.write_shut = true;
         Ok(true)
+    }
+
+    /// Under TLS, sends a close_notify and ends our side, if not done yet (best effort: for
+    /// an orderly close).
+    pub fn end_tls(&mut self) {
+        if matches!(self.socket, Stream::Tls(_)) && !self.write_shut {
+            self.write_shut = true;
+            let _ = self.socket.shut_write();
+        }
     }
 
     /// Makes closing the socket send a reset at once: for a client that failed, so that what

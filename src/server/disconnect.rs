@@ -43,6 +43,11 @@ pub enum DisconnectReason {
     HttpTimeout,
     /// A TCP client did not present the token (`--auth-token-file`).
     Auth(AuthFailure),
+    /// A TLS client did not complete its handshake in time.
+    TlsHandshakeTimeout,
+    /// A client that had not joined yet (TLS handshake or token) was closed for a newer one:
+    /// those waiting were at their limit.
+    Displaced,
 }
 
 /// How a TCP client failed to authenticate.
@@ -54,8 +59,6 @@ pub enum AuthFailure {
     NoToken,
     /// It closed before its first message was complete.
     ClosedFirst,
-    /// It had waited longest when the connections without a token were at their limit.
-    Displaced,
 }
 
 impl DisconnectReason {
@@ -76,6 +79,7 @@ impl DisconnectReason {
             DisconnectReason::WsProtocol(_) | DisconnectReason::Refused { .. } => "protocol",
             DisconnectReason::HttpTimeout => "idle",
             DisconnectReason::Auth(_) => "auth",
+            DisconnectReason::TlsHandshakeTimeout | DisconnectReason::Displaced => "idle",
         }
     }
 
@@ -113,6 +117,8 @@ impl DisconnectReason {
                 DisconnectReason::Idle(_)
                     | DisconnectReason::Shutdown { owed: true }
                     | DisconnectReason::HttpTimeout
+                    | DisconnectReason::TlsHandshakeTimeout
+                    | DisconnectReason::Displaced
             )
     }
 
@@ -182,8 +188,13 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Auth(AuthFailure::ClosedFirst) => {
                 f.write_str("authentication failed: closed before sending the token")
             }
-            DisconnectReason::Auth(AuthFailure::Displaced) => f.write_str(
-                "authentication failed: no token yet, closed for a newer connection (a quarter of --max-connections may wait for theirs)",
+            DisconnectReason::TlsHandshakeTimeout => write!(
+                f,
+                "TLS handshake not completed within {}s",
+                super::web::SIDE_TIMEOUT.as_secs()
+            ),
+            DisconnectReason::Displaced => f.write_str(
+                "not joined yet (TLS handshake or token) when those waiting were at their limit (a quarter of --max-connections): closed for a newer connection",
             ),
         }
     }

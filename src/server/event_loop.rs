@@ -505,14 +505,16 @@ impl EventLoop {
                 }
             },
         };
-        if !http && self.token_message.is_some() {
+        // A TCP client joins once its TLS handshake is through and its token presented.
+        let waits_to_join = !http && (self.token_message.is_some() || self.tls.is_some());
+        if waits_to_join {
             self.make_room_to_wait_for_token(now);
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         // With TLS, a client waiting to present its token may need its handshake written when
         // the socket allows.
-        let waits_for_token_over_tls = self.token_message.is_some() && self.tls.is_some();
+        let waits_for_token_over_tls = waits_to_join && self.tls.is_some();
         let interest = if http || waits_for_token_over_tls {
             // It is answered outside the flush rounds, as soon as the socket allows.
             Interest::READABLE | Interest::WRITABLE
@@ -544,8 +546,9 @@ impl EventLoop {
             debug!(peer = %peer, event_loop = self.index, "connected (HTTP)");
             return;
         }
-        if self.token_message.is_some() {
-            // It joins once it has presented the token (see `drive_auth`).
+        if waits_to_join {
+            // It joins once its handshake is through and it has presented the token (see
+            // `drive_auth`).
             let wait = Box::new(AuthWait::new(now));
             self.side_deadlines.push_back((wait.deadline, key, id));
             self.waiting_for_token.push_back((key, id));
@@ -553,7 +556,7 @@ impl EventLoop {
             entry
                 .insert(Connection::new(socket, peer, id, decoder, transport, now))
                 .wants_writable = waits_for_token_over_tls;
-            debug!(peer = %peer, event_loop = self.index, "connected, waiting for the token");
+            debug!(peer = %peer, event_loop = self.index, "connected, waiting for its TLS handshake or token");
             if self.shutdown_deadline.is_some() {
                 self.closing
                     .push((key, DisconnectReason::Shutdown { owed: false }));
@@ -595,23 +598,24 @@ impl EventLoop {
             let Some((key, _)) = self.waiting_for_token.pop_front() else {
                 break;
             };
-            self.closing
-                .push((key, DisconnectReason::Auth(AuthFailure::Displaced)));
+            self.closing.push((key, DisconnectReason::Displaced));
         }
         // Closed now, so the next accept in this turn finds its place free.
         self.close_pending(now);
     }
 
-    /// Reads the first message of a client that has not presented the token yet; if it is
-    /// the token, the client joins the receivers where the order ends now (and is sent the
-    /// `--history` before that), and what it sent after the token is read as its input.
+    /// Drives the TLS handshake of a client that has not joined yet, then reads its first
+    /// message if a token is wanted; once through, the client joins the receivers where the
+    /// order ends now (and is sent the `--history` before that), and what it sent after is
+    /// read as its input.
     fn drive_auth(&mut self, key: usize) {
-        let (Some(conn), Some(expected)) = (self.conns.get_mut(key), &self.token_message) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let Transport::Auth(wait) = &mut conn.transport else {
             return;
         };
+        let expected = self.token_message.as_deref();
         match wait.read(&mut conn.socket, expected, self.config.protocol) {
             Authenticated::Pending => {}
             Authenticated::No(reason) => self.closing.push((key, reason)),
@@ -633,10 +637,10 @@ impl EventLoop {
                 }
                 let join_at = self.sequencer.join_point(&self.fanout.log, None);
                 self.fanout.join(key, conn, join_at);
-                // Edge-triggered: what followed the token raises no new event.
+                // Edge-triggered: what followed the token or the handshake raises no new event.
                 conn.queued = true;
                 self.read_queue.push_back((key, conn.id));
-                debug!(peer = %conn.peer, event_loop = self.index, "authenticated");
+                debug!(peer = %conn.peer, event_loop = self.index, "joined");
             }
         }
     }
@@ -863,10 +867,16 @@ impl EventLoop {
             let _ = self.poll.registry().deregister(&mut conn.socket);
             if reason.aborts() {
                 conn.abort_on_close();
-            } else if matches!(reason, DisconnectReason::Shutdown { .. }) {
-                // Unread input would turn the close into a reset that destroys what the
-                // client has not read yet; read it first. A failure is beside the point now.
-                let _ = conn.discard(&mut self.bufs.scratch, READ_BUDGET, now);
+            } else {
+                // An orderly end: under TLS a close_notify first, so the client can tell it
+                // from a cut (it follows all it was sent; best effort: the socket has room
+                // for it unless the client stopped reading, and then it is a cut).
+                conn.end_tls();
+                if matches!(reason, DisconnectReason::Shutdown { .. }) {
+                    // Unread input would turn the close into a reset that destroys what the
+                    // client has not read yet; read it first. A failure is beside the point.
+                    let _ = conn.discard(&mut self.bufs.scratch, READ_BUDGET, now);
+                }
             }
             *self.stats.disconnects.entry(reason.kind()).or_default() += 1;
             self.disconnect_counts.disconnected(reason.kind());
@@ -983,8 +993,12 @@ impl EventLoop {
                     self.closing.push((key, reason));
                 }
             } else if matches!(&conn.transport, Transport::Auth(wait) if wait.deadline <= now) {
-                self.closing
-                    .push((key, DisconnectReason::Auth(AuthFailure::NoToken)));
+                let reason = if conn.socket.is_handshaking() {
+                    DisconnectReason::TlsHandshakeTimeout
+                } else {
+                    DisconnectReason::Auth(AuthFailure::NoToken)
+                };
+                self.closing.push((key, reason));
             } else if conn.end_by.is_some_and(|by| by <= now) {
                 // A WebSocket client that closed and has not taken what it was owed since.
                 self.closing.push((key, DisconnectReason::HttpTimeout));

@@ -55,6 +55,10 @@ pub enum Stream {
 pub struct Tls {
     socket: TcpStream,
     session: ServerConnection,
+    /// Bytes of records read from the socket, ever: the read budgets count these when they
+    /// are more than the plaintext (a client of tiny records makes the server work per
+    /// record, not per byte of plaintext).
+    wire_in: u64,
 }
 
 /// A TLS failure (a bad handshake, a record that does not decrypt, a plain-text client on a
@@ -89,7 +93,56 @@ impl Stream {
     pub fn tls(socket: TcpStream, config: &Arc<ServerConfig>) -> Result<Stream, rustls::Error> {
         let mut session = ServerConnection::new(Arc::clone(config))?;
         session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-        Ok(Stream::Tls(Box::new(Tls { socket, session })))
+        Ok(Stream::Tls(Box::new(Tls {
+            socket,
+            session,
+            wire_in: 0,
+        })))
+    }
+
+    /// Bytes read from the socket, ever, under TLS (records); 0 for a plain stream, whose
+    /// reads count what they return.
+    pub fn wire_in(&self) -> u64 {
+        match self {
+            Stream::Plain(_) => 0,
+            Stream::Tls(tls) => tls.wire_in,
+        }
+    }
+
+    /// Whether the TLS handshake is still under way (never for a plain stream).
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(tls) => tls.session.is_handshaking(),
+        }
+    }
+
+    /// Drives the TLS handshake as far as the socket allows, taking no plaintext (what the
+    /// client sends after it stays in the session for the next read). `Ok(true)` once it is
+    /// complete (at once for a plain stream); an error if the client closed or failed it.
+    pub fn handshake(&mut self) -> io::Result<bool> {
+        let Stream::Tls(tls) = self else {
+            return Ok(true);
+        };
+        while tls.session.is_handshaking() {
+            match tls.session.read_tls(&mut tls.socket) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => tls.wire_in += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tls.send()?;
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let processed = tls.session.process_new_packets();
+            let sent = tls.send();
+            if let Err(e) = processed {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, TlsFailure(e)));
+            }
+            sent?;
+        }
+        Ok(true)
     }
 
     /// The TCP socket underneath (socket options, shutdown).
@@ -175,7 +228,7 @@ impl Tls {
                     self.send()?;
                 }
             }
-            read?;
+            self.wire_in += read? as u64;
             let processed = self.session.process_new_packets();
             // The handshake's answers, a key update, or the alert that tells the client why it
             // is being closed: sent at once, as far as the socket takes them.

@@ -397,6 +397,7 @@ impl WsState {
         now: Instant,
     ) -> Result<Input, DisconnectReason> {
         let (mut taken, mut held) = (0, 0);
+        let wire_from = socket.wire_in();
         let mut result = Ok(Input::More);
         // Frames left from before (after the request head, or a visit's budget) first.
         let overhead = bufs.overhead;
@@ -424,7 +425,9 @@ impl WsState {
                     break;
                 }
                 Ok(n) => {
-                    taken += n;
+                    // Under TLS the records count when they are more than the plaintext.
+                    let wire = (socket.wire_in() - wire_from) as usize;
+                    taken = (taken + n).max(wire);
                     bufs.bytes_in += n as u64;
                     *last_input = now;
                     self.ping_sent = false;
