@@ -279,26 +279,6 @@ fn an_unreadable_or_empty_token_file_stops_the_start_naming_it() {
     }
 }
 
-/// Reads everything from `c` until EOF/reset or `quiet` without bytes; returns (bytes, closed).
-fn drain(c: &mut Client, quiet: Duration) -> (Vec<u8>, bool) {
-    c.stream.set_read_timeout(Some(quiet)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match c.stream.read(&mut buf) {
-            Ok(0) => return (out, true),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return (out, false)
-            }
-            Err(_) => return (out, true),
-        }
-    }
-}
-
 fn auth_server(name: &str, args: &[&str]) -> Server {
     let dir = std::env::temp_dir().join(format!("mob-auth-more-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -317,7 +297,7 @@ fn clients_without_the_token_cannot_keep_out_one_that_has_it() {
     let squatters: Vec<Client> = (0..3).map(|_| server.connect()).collect();
     let mut good = server.connect();
     good.send(format!("{TOKEN}\nhello\n").as_bytes());
-    let (got, closed) = drain(&mut good, Duration::from_millis(1500));
+    let (got, closed) = good.read_until_quiet(Duration::from_millis(1500));
     eprintln!(
         "token holder got {:?}, closed {closed}\n{}",
         String::from_utf8_lossy(&got),

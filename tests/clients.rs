@@ -57,6 +57,19 @@ fn certificate() -> Cert {
 }
 
 /// The first connection to `listener`, or a failure after the deadline.
+/// A rustls server configuration showing `cert`.
+fn server_config(cert: &Cert) -> ServerConfig {
+    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key.clone())),
+        )
+        .unwrap()
+}
+
 fn accept(listener: TcpListener) -> TcpStream {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -143,16 +156,7 @@ fn chat_speaks_tls_to_a_server_whose_certificate_the_ca_file_holds() {
     let dir = Dir::new("chat-tls");
     let cert = certificate();
     let ca = dir.file("ca.pem", &cert.pem);
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key.clone())),
-            )
-            .unwrap();
+    let config = server_config(&cert);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (child, mut stdin, printed) = chat(&[&addr, "--ca", ca.to_str().unwrap()]);
@@ -174,16 +178,7 @@ fn chat_refuses_a_certificate_its_ca_file_does_not_vouch_for() {
     let dir = Dir::new("chat-tls-wrong-ca");
     let (served, other) = (certificate(), certificate());
     let ca = dir.file("other.pem", &other.pem);
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![served.der],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(served.key)),
-            )
-            .unwrap();
+    let config = server_config(&served);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let mut child = mob()

@@ -253,26 +253,6 @@ fn a_joiner_that_lags_inside_its_history_loses_its_oldest_history_not_its_connec
     assert!(!log.contains("disconnected: slow consumer"), "{log}");
 }
 
-/// Reads everything from `c` until EOF/reset or `quiet` without bytes; returns (bytes, closed).
-fn drain(c: &mut Client, quiet: Duration) -> (Vec<u8>, bool) {
-    c.stream.set_read_timeout(Some(quiet)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match c.stream.read(&mut buf) {
-            Ok(0) => return (out, true),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return (out, false)
-            }
-            Err(_) => return (out, true),
-        }
-    }
-}
-
 /// A joiner that lags only `lag` lines of live traffic (far less than --max-pending) is cut
 /// as a slow consumer when it joined with a full history; without history it is not.
 fn joiner_lagging(history: &str, lag: u32) -> (usize, bool, String) {
@@ -283,7 +263,7 @@ fn joiner_lagging(history: &str, lag: u32) -> (usize, bool, String) {
     joiner.send(b"joined\n");
     publisher.skip_past(b"joined\n"); // the joiner is a receiver now
     fill(&mut publisher, 100_000, lag); // live traffic the joiner has not read yet
-    let (got, closed) = drain(&mut joiner, Duration::from_millis(1500));
+    let (got, closed) = joiner.read_until_quiet(Duration::from_millis(1500));
     let lines = got.iter().filter(|&&b| b == b'\n').count();
     (lines, closed, server.log.text())
 }

@@ -454,6 +454,30 @@ impl Client {
         }
     }
 
+    /// Reads everything until the server closes (or resets) the connection or nothing
+    /// arrives for `quiet`; returns what was read and whether it was closed. (For a client
+    /// that must *not* be closed: the quiet spell is the check's deadline.)
+    pub fn read_until_quiet(&mut self, quiet: Duration) -> (Vec<u8>, bool) {
+        self.stream.set_read_timeout(Some(quiet)).unwrap();
+        let mut out = std::mem::take(&mut self.pending);
+        let mut buf = [0u8; 65536];
+        let closed = loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    break false
+                }
+                Err(_) => break true,
+            }
+        };
+        self.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        (out, closed)
+    }
+
     /// Asserts nothing arrives within `quiet` (used only after a positive check proved that
     /// anything sent before would already have arrived).
     pub fn expect_nothing_pending(&mut self) {
