@@ -667,7 +667,7 @@ fn tls_clients_present_the_token_and_mob_bench_speaks_tls_to_mob() {
 /// sequenced before: it must get it, then the server's close_notify, so it can tell a
 /// complete stream from a cut (the TLS equivalent of the FIN a plain client gets).
 #[test]
-fn review_a_client_that_sends_close_notify_gets_all_then_close_notify() {
+fn a_client_that_sends_close_notify_gets_all_then_close_notify() {
     let cert = Cert::new("review-eof");
     let server = cert.serve(&[]);
     let mut client = TlsClient::connect(&cert, server.addr);
@@ -682,7 +682,7 @@ fn review_a_client_that_sends_close_notify_gets_all_then_close_notify() {
 /// The same with a TCP half-close instead of close_notify (README: taken as the end of the
 /// stream, like a FIN).
 #[test]
-fn review_a_client_that_half_closes_gets_all_then_close_notify() {
+fn a_client_that_half_closes_gets_all_then_close_notify() {
     let cert = Cert::new("review-fin");
     let server = cert.serve(&[]);
     let mut client = TlsClient::connect(&cert, server.addr);
@@ -698,7 +698,7 @@ fn review_a_client_that_half_closes_gets_all_then_close_notify() {
 /// plaintext copied out of the log, with no deadline. The README promises 64 KiB of records
 /// each plus one incoming record (about 16 KiB).
 #[test]
-fn review_connections_that_never_finish_the_handshake_hold_at_most_80_kib_each() {
+fn connections_that_never_finish_the_handshake_hold_at_most_80_kib_each() {
     const N: usize = 200;
     let cert = Cert::new("review-hs");
     let server = cert.serve(&["--no-echo-self"]);
