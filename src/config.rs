@@ -75,6 +75,8 @@ pub struct ServerConfig {
     /// Clients must present this token before they join (`--auth-token-file`); `None`: no
     /// authentication.
     pub auth_token: Option<crate::auth::Token>,
+    /// With a Redis backplane: several nodes serve one broadcast in one order.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +97,7 @@ impl Default for ServerConfig {
             metrics: None,
             history: 0,
             auth_token: None,
+            cluster: None,
         }
     }
 }

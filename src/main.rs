@@ -91,6 +91,13 @@ struct ServeArgs {
     /// Authorization: Bearer (off by default).
     #[arg(long, value_name = "PATH")]
     auth_token_file: Option<std::path::PathBuf>,
+    /// Join a cluster: every node with the same Redis and channel serves one broadcast in one
+    /// order (off by default).
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    cluster: Option<String>,
+    /// The cluster's channel (the Redis stream's name).
+    #[arg(long, default_value = "mob", value_name = "NAME")]
+    cluster_channel: String,
     /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -271,6 +278,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allowed_origins: args.allowed_origins,
         metrics: args.metrics,
         history: args.history,
+        cluster: args.cluster.map(|url| mob::cluster::ClusterConfig {
+            url,
+            channel: args.cluster_channel,
+        }),
         auth_token: args
             .auth_token_file
             .as_deref()

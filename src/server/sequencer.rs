@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use super::board::{lock, Board};
 use super::log::{Entry, Log};
+use crate::cluster::Outbox;
 
 /// Gives each loop's input its place in the one order (see the module documentation).
 #[derive(Debug)]
@@ -40,6 +41,9 @@ pub enum Sequencer {
     Alone,
     /// One of several loops sharing an [`Order`].
     Shared(Member),
+    /// A node of a cluster: input goes to the backplane (`outbox`); what comes back from it
+    /// is posted to the [`Order`] by the backplane's reader, and taken like other loops' batches.
+    Cluster(Member, Arc<Outbox>),
 }
 
 impl Sequencer {
@@ -53,12 +57,19 @@ impl Sequencer {
                 }
             }
             Sequencer::Shared(member) => member.sequence(batch, log),
+            Sequencer::Cluster(member, outbox) => {
+                if !batch.is_empty() && !member.order.board.shutting_down() {
+                    outbox.push(member.me, Arc::from(batch.as_slice()));
+                }
+                batch.clear();
+                member.catch_up(log);
+            }
         }
     }
 
     /// Appends to `log` what other loops sequenced since this loop last looked.
     pub fn catch_up(&mut self, log: &mut Log) {
-        if let Sequencer::Shared(member) = self {
+        if let Sequencer::Shared(member) | Sequencer::Cluster(member, _) = self {
             member.catch_up(log);
         }
     }
@@ -76,7 +87,7 @@ impl Sequencer {
                 }
                 end
             }
-            Sequencer::Shared(member) => {
+            Sequencer::Shared(member) | Sequencer::Cluster(member, _) => {
                 // Under the lock, so no loop takes a batch past this point before the floor
                 // is lowered: its trim after taking it sees the floor.
                 let state = lock(&member.order.state);
@@ -91,7 +102,7 @@ impl Sequencer {
     /// This loop's log was trimmed; `trimmed_held` is its [`Log::appended_held`] then: the
     /// input it no longer holds back.
     pub fn trimmed(&mut self, trimmed_held: u64) {
-        if let Sequencer::Shared(member) = self {
+        if let Sequencer::Shared(member) | Sequencer::Cluster(member, _) = self {
             member.trimmed(trimmed_held);
         }
     }
@@ -101,7 +112,9 @@ impl Sequencer {
     pub fn pressure(&self) -> usize {
         match self {
             Sequencer::Alone => 0,
-            Sequencer::Shared(member) => member.order.pressure.0.load(Ordering::Relaxed),
+            Sequencer::Shared(member) | Sequencer::Cluster(member, _) => {
+                member.order.pressure.0.load(Ordering::Relaxed)
+            }
         }
     }
 
@@ -111,6 +124,9 @@ impl Sequencer {
         match self {
             Sequencer::Alone => false,
             Sequencer::Shared(member) => member.stall(),
+            // Held back by input not trimmed yet, or by input not published yet (the
+            // backplane is slow or unreachable: the input waits in the clients' sockets).
+            Sequencer::Cluster(member, outbox) => member.stall() || outbox.stall(member.me),
         }
     }
 }
@@ -124,6 +140,8 @@ pub struct Order {
     pressure: CacheLine<AtomicUsize>,
     /// At this pressure, loops stop reading until the slowest loop has trimmed its log.
     read_budget: usize,
+    /// Signalled when a trim relieves the pressure (for the cluster's reader).
+    relief: std::sync::Condvar,
     board: Arc<Board>,
 }
 
@@ -184,6 +202,7 @@ impl Order {
             }),
             pressure: CacheLine(AtomicUsize::new(0)),
             read_budget,
+            relief: std::sync::Condvar::new(),
             board,
         })
     }
@@ -195,6 +214,51 @@ impl Order {
             me,
             taken: Vec::new(),
         })
+    }
+
+    /// Posts a batch from outside the loops (the cluster's reader: what came back from the
+    /// backplane) at the end of the order, and wakes every loop. Not after shutdown began
+    /// (the loops have taken their last).
+    pub fn post(&self, entries: Arc<[Entry]>, held: u64) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut state = lock(&self.state);
+        if self.board.shutting_down() {
+            return;
+        }
+        state.end += entries.len() as u64;
+        state.sequenced_held += held;
+        state.posted.push_back(entries);
+        self.pressure.0.store(state.pressure(), Ordering::Relaxed);
+        drop(state);
+        for i in 0..self.board.loops() {
+            self.board.ring(i);
+        }
+    }
+
+    /// Waits (up to `at_most`) while the input the loops have not trimmed yet counts the read
+    /// budget: the cluster's reader leaves the rest in the backplane meanwhile.
+    pub fn wait_for_room(&self, at_most: std::time::Duration) {
+        let state = lock(&self.state);
+        if state.pressure() < self.read_budget {
+            return;
+        }
+        let _ = self
+            .relief
+            .wait_timeout_while(state, at_most, |s| s.pressure() >= self.read_budget);
+    }
+
+    /// The sequencer of loop `me` of a cluster node: its input goes to `outbox`.
+    pub fn cluster_member(self: &Arc<Order>, me: usize, outbox: Arc<Outbox>) -> Sequencer {
+        Sequencer::Cluster(
+            Member {
+                order: Arc::clone(self),
+                me,
+                taken: Vec::new(),
+            },
+            outbox,
+        )
     }
 
     /// Batches sequenced so far.
@@ -209,6 +273,7 @@ impl Order {
         self.pressure.0.store(pressure, Ordering::Relaxed);
         let mut wake = Vec::new();
         if pressure < self.read_budget {
+            self.relief.notify_all();
             for (i, stalled) in state.stalled.iter_mut().enumerate() {
                 if std::mem::take(stalled) {
                     wake.push(i);

@@ -1,0 +1,548 @@
+//! Several nodes, one broadcast, one order: a Redis stream as the backplane
+//! (`mob serve --cluster redis://HOST:PORT`).
+//!
+//! Every node appends its clients' input to one stream (`XADD`, one entry per batch of reads,
+//! many messages each) and reads the stream back from its last position (`XREAD BLOCK` from
+//! the last id). The stream's order is the order every client of every node sees: a node
+//! delivers only what came back from Redis, its own clients' messages included. Plain
+//! pub/sub would lose what is published while a node reconnects, and Redis cuts off a
+//! subscriber whose output buffer passes its limit; a stream read from the last id has
+//! neither problem.
+//!
+//! Two threads per node, with the `redis` crate's blocking connections:
+//! - the *publisher* takes what the event loops put in the [`Outbox`] (whole read batches,
+//!   in the order each loop read them) and appends it as one entry; on a broken connection
+//!   it reconnects with backoff and sends the same entry again (readers drop a batch number
+//!   they have seen, so a resend that had arrived is no duplicate). While the outbox is full
+//!   (Redis slow or unreachable) the loops stop reading: input waits in the clients' sockets,
+//!   nothing is dropped.
+//! - the *reader* reads entries after the last id it has, decodes them (messages are slices
+//!   of the entry read: no copy) and posts them to the [`Order`] the loops take from, at most
+//!   a read budget ahead of the loops' trims (the rest waits in Redis). After a reconnect it
+//!   goes on from its last id: nothing missed, nothing twice. A stream that lost its data
+//!   (Redis restarted without persistence) is logged and read from its start; a node's batch
+//!   numbers with a hole (entries trimmed before this node read them) are logged as a gap.
+
+pub mod codec;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::Value;
+use tracing::{info, warn};
+
+use crate::protocol::Protocol;
+use crate::server::{Board, Entry, Order};
+
+/// Entries the stream keeps (`XADD MAXLEN ~`): a node that falls behind further than this
+/// finds a gap.
+pub const STREAM_LENGTH: usize = 100_000;
+/// Entries one `XREAD` returns at most.
+const READ_COUNT: usize = 256;
+/// How long one `XREAD` blocks: the reader looks at the shutdown flag this often.
+const READ_BLOCK: Duration = Duration::from_millis(200);
+/// Backoff between attempts to reach Redis: from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+
+/// Where the backplane is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT`.
+    pub url: String,
+    /// The stream's name: nodes with the same Redis and channel serve one broadcast.
+    pub channel: String,
+}
+
+/// What the event loops hand to the publisher: read batches not yet in Redis.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    ready: Condvar,
+    /// Bytes of messages not yet in Redis at which the loops stop reading.
+    budget: usize,
+    board: Arc<Board>,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    queue: VecDeque<Arc<[Entry]>>,
+    /// Message bytes queued or being sent.
+    bytes: usize,
+    /// Loops waiting for room.
+    stalled: Vec<bool>,
+}
+
+impl Outbox {
+    pub fn new(board: Arc<Board>, budget: usize) -> Arc<Outbox> {
+        let loops = board.loops();
+        Arc::new(Outbox {
+            state: Mutex::new(OutboxState {
+                stalled: vec![false; loops],
+                ..OutboxState::default()
+            }),
+            ready: Condvar::new(),
+            budget,
+            board,
+        })
+    }
+
+    /// Queues loop `me`'s batch for publishing.
+    pub fn push(&self, _me: usize, batch: Arc<[Entry]>) {
+        let bytes: usize = batch.iter().map(Entry::len).sum();
+        let mut state = lock(&self.state);
+        state.bytes += bytes;
+        state.queue.push_back(batch);
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Whether loop `me` should stop reading: the outbox holds its budget. It is woken when
+    /// the publisher has made room.
+    pub fn stall(&self, me: usize) -> bool {
+        let mut state = lock(&self.state);
+        let full = state.bytes >= self.budget;
+        state.stalled[me] = full;
+        full
+    }
+
+    /// Takes everything queued (waiting up to `at_most` for something).
+    fn take(&self, into: &mut Vec<Arc<[Entry]>>, at_most: Duration) -> usize {
+        let mut state = lock(&self.state);
+        if state.queue.is_empty() {
+            state = self
+                .ready
+                .wait_timeout_while(state, at_most, |s| s.queue.is_empty())
+                .map(|(s, _)| s)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        into.extend(state.queue.drain(..));
+        into.iter().flat_map(|b| b.iter()).map(Entry::len).sum()
+    }
+
+    /// `bytes` were appended to the stream: room for more.
+    fn sent(&self, bytes: usize) {
+        let mut state = lock(&self.state);
+        state.bytes -= bytes.min(state.bytes);
+        let wake: Vec<usize> = if state.bytes < self.budget {
+            state
+                .stalled
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, s)| std::mem::take(s).then_some(i))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        drop(state);
+        for i in wake {
+            self.board.ring(i);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The backplane of one node: its two threads, started by [`Backplane::start`].
+pub struct Backplane {
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+/// Whether this node is connected to the backplane now (both threads), for `mob_cluster_up`.
+#[derive(Debug, Default)]
+pub struct Health {
+    publisher: AtomicBool,
+    reader: AtomicBool,
+}
+
+impl Health {
+    pub fn up(&self) -> bool {
+        self.publisher.load(Ordering::Relaxed) && self.reader.load(Ordering::Relaxed)
+    }
+}
+
+impl Backplane {
+    /// Starts the publisher and the reader of a node. They stop once the board's shutdown
+    /// flag is set.
+    pub fn start(
+        config: &ClusterConfig,
+        protocol: Protocol,
+        order: Arc<Order>,
+        outbox: Arc<Outbox>,
+        board: Arc<Board>,
+        held_for: impl Fn(usize) -> usize + Send + 'static,
+        health: Arc<Health>,
+    ) -> Result<Backplane, String> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| format!("--cluster {}: {e}", config.url))?;
+        let node: u64 = rand_id();
+        let key = config.channel.clone();
+        let url = config.url.clone();
+        let mut threads = Vec::new();
+        {
+            let (client, key, url, board, health) = (
+                client.clone(),
+                key.clone(),
+                url.clone(),
+                Arc::clone(&board),
+                Arc::clone(&health),
+            );
+            threads.push(
+                thread::Builder::new()
+                    .name("mob-cluster-pub".into())
+                    .spawn(move || {
+                        publish(client, &url, &key, node, protocol, &outbox, &board, &health)
+                    })
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        threads.push(
+            thread::Builder::new()
+                .name("mob-cluster-read".into())
+                .spawn(move || {
+                    read(
+                        client, &url, &key, node, protocol, &order, &board, held_for, &health,
+                    )
+                })
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(Backplane { threads })
+    }
+
+    /// Waits for both threads (after shutdown).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A node id nobody else has: random bits from the system's hasher seed, the time and the
+/// process id.
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A connection to Redis, made again with backoff until it works or shutdown begins. `what`
+/// names the thread in log lines; `up` is set once connected.
+fn connect(
+    client: &redis::Client,
+    url: &str,
+    what: &str,
+    board: &Board,
+    up: &AtomicBool,
+    down_logged: &mut bool,
+) -> Option<redis::Connection> {
+    let mut backoff = BACKOFF.0;
+    while !board.shutting_down() {
+        match client.get_connection_with_timeout(Duration::from_secs(2)) {
+            Ok(con) => {
+                if *down_logged {
+                    info!("cluster: {what} connected to {url} again");
+                    *down_logged = false;
+                }
+                up.store(true, Ordering::Relaxed);
+                return Some(con);
+            }
+            Err(e) => {
+                up.store(false, Ordering::Relaxed);
+                if !*down_logged {
+                    warn!("cluster: {what} cannot reach {url}: {e}; retrying with backoff (clients wait)");
+                    *down_logged = true;
+                }
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+        }
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    client: redis::Client,
+    url: &str,
+    key: &str,
+    node: u64,
+    protocol: Protocol,
+    outbox: &Outbox,
+    board: &Board,
+    health: &Health,
+) {
+    let mut con: Option<redis::Connection> = None;
+    let mut down_logged = false;
+    let mut batches = Vec::new();
+    let mut number = 0u64;
+    loop {
+        batches.clear();
+        let bytes = outbox.take(&mut batches, READ_BLOCK);
+        if batches.is_empty() {
+            if board.shutting_down() {
+                return;
+            }
+            continue;
+        }
+        number += 1;
+        let payload = encode_all(node, number, protocol, &batches);
+        // The same entry until it is in: readers drop a number seen twice.
+        loop {
+            if con.is_none() {
+                con = connect(
+                    &client,
+                    url,
+                    "publisher",
+                    board,
+                    &health.publisher,
+                    &mut down_logged,
+                );
+                if con.is_none() {
+                    return; // shutting down
+                }
+            }
+            let sent: redis::RedisResult<Value> = redis::cmd("XADD")
+                .arg(key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_LENGTH)
+                .arg("*")
+                .arg("m")
+                .arg(&payload[..])
+                .query(con.as_mut().expect("connected"));
+            match sent {
+                Ok(_) => break,
+                Err(e) => {
+                    health.publisher.store(false, Ordering::Relaxed);
+                    if !down_logged {
+                        warn!(
+                            "cluster: publishing to {url} failed: {e}; reconnecting (clients wait)"
+                        );
+                        down_logged = true;
+                    }
+                    con = None;
+                }
+            }
+        }
+        outbox.sent(bytes);
+    }
+}
+
+fn encode_all(node: u64, number: u64, protocol: Protocol, batches: &[Arc<[Entry]>]) -> Vec<u8> {
+    codec::encode(node, number, protocol, batches.iter().map(|b| &b[..]))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read(
+    client: redis::Client,
+    url: &str,
+    key: &str,
+    me: u64,
+    protocol: Protocol,
+    order: &Order,
+    board: &Board,
+    held_for: impl Fn(usize) -> usize,
+    health: &Health,
+) {
+    let mut con: Option<redis::Connection> = None;
+    let mut down_logged = false;
+    // Where this node reads from: the stream's end when it first connects (a node serves
+    // what is sent from its start on).
+    let mut last: Option<String> = None;
+    let mut run_id: Option<String> = None;
+    // Per node: the last batch number taken.
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    while !board.shutting_down() {
+        if con.is_none() {
+            let Some(mut c) = connect(
+                &client,
+                url,
+                "reader",
+                board,
+                &health.reader,
+                &mut down_logged,
+            ) else {
+                return;
+            };
+            match resume_point(&mut c, key, last.as_deref(), &mut run_id, url) {
+                Ok(from) => last = Some(from),
+                Err(e) => {
+                    warn!("cluster: reading from {url} failed: {e}; reconnecting");
+                    health.reader.store(false, Ordering::Relaxed);
+                    down_logged = true;
+                    continue;
+                }
+            }
+            con = Some(c);
+        }
+        order.wait_for_room(READ_BLOCK);
+        let from = last.clone().unwrap_or_else(|| "0-0".into());
+        let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(READ_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(key)
+            .arg(&from)
+            .query(con.as_mut().expect("connected"));
+        let reply = match reply {
+            Ok(v) => v,
+            Err(e) => {
+                health.reader.store(false, Ordering::Relaxed);
+                if !down_logged {
+                    warn!("cluster: reading from {url} failed: {e}; reconnecting (resuming after {from})");
+                    down_logged = true;
+                }
+                con = None;
+                continue;
+            }
+        };
+        for (id, payload) in stream_entries(reply) {
+            last = Some(id);
+            let decoded = match codec::decode(payload, me, protocol) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!("cluster: skipping an entry of stream {key} this node cannot read: {e}");
+                    continue;
+                }
+            };
+            let previous = seen.insert(decoded.node, decoded.batch);
+            match previous {
+                Some(p) if decoded.batch <= p => {
+                    seen.insert(decoded.node, p);
+                    continue; // sent again after a broken connection: already taken
+                }
+                Some(p) if decoded.batch > p + 1 => warn!(
+                    "cluster: gap: {} entries of node {:016x} were trimmed from the stream before this node read them",
+                    decoded.batch - p - 1,
+                    decoded.node
+                ),
+                _ => {}
+            }
+            let held: u64 = decoded
+                .entries
+                .iter()
+                .map(|e| held_for(e.len()) as u64)
+                .sum();
+            order.post(Arc::from(decoded.entries), held);
+        }
+    }
+}
+
+/// After (re)connecting: where to read from. The first time, the stream's end. Later, the
+/// last id read, unless Redis lost the stream (restarted without its data): then that is
+/// logged and the new stream is read from its start.
+fn resume_point(
+    con: &mut redis::Connection,
+    key: &str,
+    last: Option<&str>,
+    run_id: &mut Option<String>,
+    url: &str,
+) -> redis::RedisResult<String> {
+    let info: String = redis::cmd("INFO").arg("server").query(con)?;
+    let id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|s| s.trim().to_string());
+    let restarted = run_id.is_some() && id.is_some() && *run_id != id;
+    *run_id = id;
+    let newest: Value = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(con)?;
+    let end = stream_ids(newest).into_iter().next();
+    let Some(last) = last else {
+        return Ok(end.unwrap_or_else(|| "0-0".into()));
+    };
+    if restarted {
+        let still: Value = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(last)
+            .arg(last)
+            .query(con)?;
+        if stream_ids(still).is_empty() {
+            warn!("cluster: Redis at {url} restarted without the stream's data: messages not yet read are lost; going on with new ones");
+            return Ok("0-0".into());
+        }
+        info!("cluster: Redis at {url} restarted with the stream's data; reading on after {last}");
+    }
+    Ok(last.to_string())
+}
+
+/// The ids of an `XRANGE`-style reply.
+fn stream_ids(v: Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::Array(mut pair) if !pair.is_empty() => as_string(pair.swap_remove(0)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The (id, payload) of each entry of a one-stream `XREAD` reply (RESP2 arrays, or RESP3 maps).
+fn stream_entries(v: Value) -> Vec<(String, Bytes)> {
+    let streams = match v {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => Some(kv.swap_remove(1)),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        Value::Map(kv) => kv.into_iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(mut pair) = entry else {
+                continue;
+            };
+            if pair.len() != 2 {
+                continue;
+            }
+            let fields = pair.swap_remove(1);
+            let Some(id) = as_string(pair.swap_remove(0)) else {
+                continue;
+            };
+            let Value::Array(fields) = fields else {
+                continue;
+            };
+            // Fields: "m", payload.
+            if let Some(Value::BulkString(payload)) = fields.into_iter().nth(1) {
+                out.push((id, Bytes::from(payload)));
+            }
+        }
+    }
+    out
+}
+
+fn as_string(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
