@@ -158,9 +158,28 @@ pub struct Backplane {
 pub struct Health {
     publisher: AtomicBool,
     reader: AtomicBool,
+    /// Set once the reader knows where it reads from: nothing is published before, or the
+    /// node would not read back its own clients' first messages.
+    positioned: Mutex<bool>,
+    positioned_cv: Condvar,
 }
 
 impl Health {
+    fn set_positioned(&self) {
+        *lock(&self.positioned) = true;
+        self.positioned_cv.notify_all();
+    }
+
+    /// Waits up to `at_most` for the reader to be positioned; returns whether it is.
+    fn wait_positioned(&self, at_most: Duration) -> bool {
+        let guard = lock(&self.positioned);
+        let (guard, _) = self
+            .positioned_cv
+            .wait_timeout_while(guard, at_most, |p| !*p)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+
     pub fn up(&self) -> bool {
         self.publisher.load(Ordering::Relaxed) && self.reader.load(Ordering::Relaxed)
     }
@@ -295,6 +314,11 @@ fn publish(
             }
             continue;
         }
+        while !health.wait_positioned(READ_BLOCK) {
+            if board.shutting_down() {
+                return;
+            }
+        }
         number += 1;
         let payload = encode_all(node, number, protocol, &batches);
         // The same entry until it is in: readers drop a number seen twice.
@@ -376,7 +400,10 @@ fn read(
                 return;
             };
             match resume_point(&mut c, key, last.as_deref(), &mut run_id, url) {
-                Ok(from) => last = Some(from),
+                Ok(from) => {
+                    last = Some(from);
+                    health.set_positioned();
+                }
                 Err(e) => {
                     warn!("cluster: reading from {url} failed: {e}; reconnecting");
                     health.reader.store(false, Ordering::Relaxed);

@@ -1,0 +1,248 @@
+//! `--cluster redis://HOST:PORT`: several nodes over one Redis serve one broadcast, in one
+//! order, through the faults the backplane can have.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+
+use util::{Client, Server};
+
+/// A `redis-server` on a free loopback port, without persistence; killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one, or returns `None` (after saying why) when `redis-server` is not installed
+    /// and `MOB_REQUIRE_REDIS` is not set.
+    fn start() -> Option<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Option<Redis> {
+        let spawned = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("MOB_REQUIRE_REDIS").is_none() => {
+                eprintln!("skipped: cannot start redis-server ({e})");
+                return None;
+            }
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        let out = BufReader::new(child.stdout.take().unwrap());
+        for line in out.lines() {
+            if line.unwrap().contains("Ready to accept connections") {
+                break;
+            }
+        }
+        Some(Redis { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node of the cluster on `redis`, with `args`.
+fn node(redis: &Redis, args: &[&str]) -> Server {
+    let url = redis.url();
+    let mut all = vec!["--cluster", url.as_str()];
+    all.extend_from_slice(args);
+    Server::start(&all)
+}
+
+/// A client of `addr` that is a receiver once this returns: its own line came back through
+/// Redis, after it joined.
+fn joined(addr: SocketAddr, name: &str) -> Client {
+    let mut c = Client::connect(addr);
+    let hello = format!("hello {name}\n");
+    c.send(hello.as_bytes());
+    c.skip_past(hello.as_bytes());
+    c
+}
+
+/// Reads lines from `c` until it has `n` that start with `prefix`; returns those.
+fn lines_with(c: &mut Client, prefix: &str, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let line = String::from_utf8(c.read_line()).unwrap();
+        if line.starts_with(prefix) {
+            got.push(line);
+        }
+    }
+    got
+}
+
+#[test]
+fn three_nodes_one_order_for_every_client() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
+    let mut clients: Vec<Client> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| {
+            [
+                joined(n.addr, &format!("{i}a")),
+                joined(n.addr, &format!("{i}b")),
+            ]
+        })
+        .collect();
+    const EACH: usize = 300;
+    let senders: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let mut s = c.stream.try_clone().unwrap();
+            thread::spawn(move || {
+                for chunk in (0..EACH).collect::<Vec<_>>().chunks(30) {
+                    let wire: String = chunk.iter().map(|i| format!("m {k} {i}\n")).collect();
+                    std::io::Write::write_all(&mut s, wire.as_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    let total = EACH * clients.len();
+    let seen: Vec<Vec<String>> = clients
+        .iter_mut()
+        .map(|c| lines_with(c, "m ", total))
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(s, &seen[0], "client {i} saw another order than client 0");
+    }
+    for k in 0..clients.len() {
+        let from_k: Vec<usize> = seen[0]
+            .iter()
+            .filter_map(|l| {
+                let mut parts = l.split(' ').skip(1);
+                let sender: usize = parts.next()?.parse().ok()?;
+                (sender == k).then(|| parts.next()?.parse().ok())?
+            })
+            .collect();
+        assert_eq!(
+            from_k,
+            (0..EACH).collect::<Vec<_>>(),
+            "publisher {k}'s order"
+        );
+    }
+}
+
+/// Sends one command to Redis (inline form) and returns its first reply line.
+fn redis_command(redis: &Redis, command: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    std::io::Write::write_all(&mut s, format!("{command}\r\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+/// Publishers on every node send `each` numbered lines while `fault` runs; every client then
+/// has seen all of them, in one order, each publisher's in its order.
+fn one_order_through(redis: &Redis, nodes: &[Server], each: usize, fault: impl FnOnce()) {
+    let mut clients: Vec<Client> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| joined(n.addr, &format!("{i}")))
+        .collect();
+    let senders: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let mut s = c.stream.try_clone().unwrap();
+            thread::spawn(move || {
+                for chunk in (0..each).collect::<Vec<_>>().chunks(10) {
+                    let wire: String = chunk.iter().map(|i| format!("m {k} {i}\n")).collect();
+                    std::io::Write::write_all(&mut s, wire.as_bytes()).unwrap();
+                    thread::yield_now();
+                }
+            })
+        })
+        .collect();
+    fault();
+    let total = each * clients.len();
+    let seen: Vec<Vec<String>> = clients
+        .iter_mut()
+        .map(|c| lines_with(c, "m ", total))
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(s, &seen[0], "client {i} saw another order than client 0");
+    }
+    for k in 0..clients.len() {
+        let from_k: Vec<usize> = seen[0]
+            .iter()
+            .filter_map(|l| {
+                let mut parts = l.split(' ').skip(1);
+                let sender: usize = parts.next()?.parse().ok()?;
+                (sender == k).then(|| parts.next()?.parse().ok())?
+            })
+            .collect();
+        assert_eq!(
+            from_k,
+            (0..each).collect::<Vec<_>>(),
+            "publisher {k}'s order"
+        );
+    }
+    let _ = redis;
+}
+
+#[test]
+fn nodes_whose_redis_connections_are_killed_reconnect_and_miss_nothing() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
+    one_order_through(&redis, &nodes, 3000, || {
+        for _ in 0..5 {
+            let killed = redis_command(&redis, "CLIENT KILL TYPE normal");
+            assert!(killed.starts_with(':'), "{killed}");
+        }
+    });
+    for n in &nodes {
+        n.log.wait_for(&["cluster:", "reconnect"]);
+    }
+}
+
+#[test]
+fn a_node_started_before_redis_serves_once_it_is_up() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    // The listening line is printed without Redis.
+    let early = Server::start(&["--cluster", &url]);
+    early.log.wait_for(&["cannot reach"]);
+    let mut waiting = Client::connect(early.addr);
+    waiting.send(b"sent before redis\n");
+    let Some(redis) = Redis::start_on(port) else {
+        return;
+    };
+    waiting.expect(b"sent before redis\n");
+    let late = node(&redis, &[]);
+    one_order_through(&redis, &[early, late], 200, || {});
+}
