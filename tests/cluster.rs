@@ -246,3 +246,35 @@ fn a_node_started_before_redis_serves_once_it_is_up() {
     let late = node(&redis, &[]);
     one_order_through(&redis, &[early, late], 200, || {});
 }
+
+#[test]
+fn a_redis_that_stops_answering_for_a_while_loses_nothing() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes: Vec<Server> = (0..2).map(|_| node(&redis, &[])).collect();
+    let pid = redis.child.id() as i32;
+    one_order_through(&redis, &nodes, 2000, || {
+        // SAFETY: kill(2) on the PID of a child this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        // The nodes find it gone (their reads time out) while clients keep sending.
+        for n in &nodes {
+            n.log.wait_for(&["cluster:", "failed"]);
+        }
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    });
+}
+
+#[test]
+fn a_redis_restarted_without_its_data_is_logged_and_the_nodes_go_on_in_one_order() {
+    let Some(redis) = Redis::start() else { return };
+    let port = redis.port;
+    let nodes: Vec<Server> = (0..2).map(|_| node(&redis, &[])).collect();
+    one_order_through(&redis, &nodes, 200, || {});
+    drop(redis);
+    let Some(redis) = Redis::start_on(port) else {
+        return;
+    };
+    for n in &nodes {
+        n.log.wait_for(&["restarted without the stream's data"]);
+    }
+    one_order_through(&redis, &nodes, 200, || {});
+}

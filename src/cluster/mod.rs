@@ -269,6 +269,15 @@ fn connect(
     while !board.shutting_down() {
         match client.get_connection_with_timeout(Duration::from_secs(2)) {
             Ok(con) => {
+                // A Redis that stops answering (stopped, or a network gone) is found within
+                // a few seconds, not never.
+                let limit = Some(READ_BLOCK + Duration::from_secs(2));
+                if let Err(e) = con
+                    .set_read_timeout(limit)
+                    .and_then(|()| con.set_write_timeout(limit))
+                {
+                    warn!("cluster: {what}: cannot set time-outs on the connection to {url}: {e}");
+                }
                 if *down_logged {
                     info!("cluster: {what} connected to {url} again");
                     *down_logged = false;
