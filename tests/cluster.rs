@@ -278,3 +278,89 @@ fn a_redis_restarted_without_its_data_is_logged_and_the_nodes_go_on_in_one_order
     }
     one_order_through(&redis, &nodes, 200, || {});
 }
+
+#[test]
+fn a_client_that_sends_then_closes_gets_its_own_last_messages_back_first() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes: Vec<Server> = (0..2).map(|_| node(&redis, &[])).collect();
+    let mut other = joined(nodes[1].addr, "other");
+    for round in 0..20 {
+        let mut c = joined(nodes[0].addr, &format!("closer {round}"));
+        let last = format!("last words {round}\n");
+        c.send(last.as_bytes());
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        // Its own line came back through Redis before its end of stream.
+        let (got, reset) = c.read_until_closed();
+        assert!(!reset);
+        assert!(
+            String::from_utf8_lossy(&got).ends_with(&last),
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        other.skip_past(last.as_bytes());
+    }
+}
+
+#[test]
+fn no_echo_self_history_and_websocket_clients_hold_across_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &["--no-echo-self", "--history", "3"]);
+    let b = node(
+        &redis,
+        &["--no-echo-self", "--history", "3", "--http", "127.0.0.1:0"],
+    );
+    let mut on_a = Client::connect(a.addr);
+    let mut ws = util::ws::Ws::connect(b.http_addr());
+    // Each hears the other, never itself; the WebSocket client on another node too.
+    let mut sync = 0;
+    loop {
+        // Until both are receivers (their hellos cross).
+        sync += 1;
+        on_a.send(format!("a {sync}\n").as_bytes());
+        let got = ws.recv_text();
+        if got.starts_with("a ") {
+            break;
+        }
+    }
+    ws.send_text("from ws");
+    on_a.skip_past(b"from ws\n");
+    for i in 0..5 {
+        on_a.send(format!("n {i}\n").as_bytes());
+    }
+    for i in 0..5 {
+        // (Earlier `a` lines may still be in flight to it.)
+        loop {
+            let t = ws.recv_text();
+            if t == format!("n {i}") {
+                break;
+            }
+            assert!(t.starts_with("a "), "{t}");
+        }
+    }
+    // A late joiner on node b gets the last 3 in the cluster's order.
+    let mut late = Client::connect(b.addr);
+    late.send(b"late\n");
+    on_a.expect(b"late\n");
+    late.expect(b"n 2\nn 3\nn 4\n");
+    on_a.expect_nothing_pending();
+}
+
+#[test]
+fn a_node_stopped_for_a_while_catches_up_without_being_cut_off() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut reader = joined(a.addr, "reader");
+    let mut publisher = joined(b.addr, "publisher");
+    a.signal(libc::SIGSTOP);
+    let mut wire = String::new();
+    for i in 0..20_000 {
+        wire.push_str(&format!("m {i}\n"));
+    }
+    publisher.send(wire.as_bytes());
+    publisher.skip_past(b"m 19999\n");
+    a.signal(libc::SIGCONT);
+    let got = lines_with(&mut reader, "m ", 20_000);
+    let expected: Vec<String> = (0..20_000).map(|i| format!("m {i}")).collect();
+    assert_eq!(got, expected);
+}

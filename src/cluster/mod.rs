@@ -64,12 +64,19 @@ pub struct Outbox {
     ready: Condvar,
     /// Bytes of messages not yet in Redis at which the loops stop reading.
     budget: usize,
+    /// The last batch read back from Redis (or given up on): a loop's ticket up to this is
+    /// in the order.
+    returned: std::sync::atomic::AtomicU64,
     board: Arc<Board>,
 }
 
 #[derive(Debug, Default)]
 struct OutboxState {
     queue: VecDeque<Arc<[Entry]>>,
+    /// Batches pushed so far (a batch's number is its ticket).
+    pushed: u64,
+    /// Entries published and not yet read back: (entry number, last batch it holds).
+    in_flight: VecDeque<(u64, u64)>,
     /// Message bytes queued or being sent.
     bytes: usize,
     /// Loops waiting for room.
@@ -86,18 +93,49 @@ impl Outbox {
             }),
             ready: Condvar::new(),
             budget,
+            returned: std::sync::atomic::AtomicU64::new(0),
             board,
         })
     }
 
-    /// Queues loop `me`'s batch for publishing.
-    pub fn push(&self, _me: usize, batch: Arc<[Entry]>) {
+    /// Queues loop `me`'s batch for publishing; returns its ticket (see [`returned`](Self::returned)).
+    pub fn push(&self, _me: usize, batch: Arc<[Entry]>) -> u64 {
         let bytes: usize = batch.iter().map(Entry::len).sum();
         let mut state = lock(&self.state);
         state.bytes += bytes;
+        state.pushed += 1;
+        let ticket = state.pushed;
         state.queue.push_back(batch);
         drop(state);
         self.ready.notify_one();
+        ticket
+    }
+
+    /// Tickets up to this are in the order (read back from Redis), or lost with a Redis that
+    /// lost its data (then waiting for them is pointless).
+    pub fn returned(&self) -> u64 {
+        self.returned.load(Ordering::Acquire)
+    }
+
+    /// The reader read this node's entry `number` back (after posting it to the order).
+    fn read_back(&self, number: u64) {
+        let mut state = lock(&self.state);
+        let mut last = None;
+        while state.in_flight.front().is_some_and(|&(n, _)| n <= number) {
+            last = state.in_flight.pop_front().map(|(_, batch)| batch);
+        }
+        if let Some(batch) = last {
+            self.returned.fetch_max(batch, Ordering::Release);
+        }
+    }
+
+    /// What is in flight will not come back (the stream lost it): stop waiting for it.
+    fn give_up_in_flight(&self) {
+        let mut state = lock(&self.state);
+        if let Some(&(_, batch)) = state.in_flight.back() {
+            self.returned.fetch_max(batch, Ordering::Release);
+        }
+        state.in_flight.clear();
     }
 
     /// Whether loop `me` should stop reading: the outbox holds its budget. It is woken when
@@ -109,8 +147,9 @@ impl Outbox {
         full
     }
 
-    /// Takes everything queued (waiting up to `at_most` for something).
-    fn take(&self, into: &mut Vec<Arc<[Entry]>>, at_most: Duration) -> usize {
+    /// Takes everything queued (waiting up to `at_most` for something), to be published as
+    /// entry `number`; returns their message bytes.
+    fn take(&self, into: &mut Vec<Arc<[Entry]>>, number: u64, at_most: Duration) -> usize {
         let mut state = lock(&self.state);
         if state.queue.is_empty() {
             state = self
@@ -120,6 +159,11 @@ impl Outbox {
                 .unwrap_or_else(|e| e.into_inner().0);
         }
         into.extend(state.queue.drain(..));
+        if !into.is_empty() {
+            // Every batch pushed so far is in it (the queue is emptied in order).
+            let last = state.pushed;
+            state.in_flight.push_back((number, last));
+        }
         into.iter().flat_map(|b| b.iter()).map(Entry::len).sum()
     }
 
@@ -203,6 +247,7 @@ impl Backplane {
         let key = config.channel.clone();
         let url = config.url.clone();
         let mut threads = Vec::new();
+        let reader_outbox = Arc::clone(&outbox);
         {
             let (client, key, url, board, health) = (
                 client.clone(),
@@ -225,7 +270,16 @@ impl Backplane {
                 .name("mob-cluster-read".into())
                 .spawn(move || {
                     read(
-                        client, &url, &key, node, protocol, &order, &board, held_for, &health,
+                        client,
+                        &url,
+                        &key,
+                        node,
+                        protocol,
+                        &order,
+                        &reader_outbox,
+                        &board,
+                        held_for,
+                        &health,
                     )
                 })
                 .map_err(|e| e.to_string())?,
@@ -316,17 +370,17 @@ fn publish(
     let mut number = 0u64;
     loop {
         batches.clear();
-        let bytes = outbox.take(&mut batches, READ_BLOCK);
+        while !health.wait_positioned(READ_BLOCK) {
+            if board.shutting_down() {
+                return;
+            }
+        }
+        let bytes = outbox.take(&mut batches, number + 1, READ_BLOCK);
         if batches.is_empty() {
             if board.shutting_down() {
                 return;
             }
             continue;
-        }
-        while !health.wait_positioned(READ_BLOCK) {
-            if board.shutting_down() {
-                return;
-            }
         }
         number += 1;
         let payload = encode_all(node, number, protocol, &batches);
@@ -384,6 +438,7 @@ fn read(
     me: u64,
     protocol: Protocol,
     order: &Order,
+    outbox: &Outbox,
     board: &Board,
     held_for: impl Fn(usize) -> usize,
     health: &Health,
@@ -410,6 +465,11 @@ fn read(
             };
             match resume_point(&mut c, key, last.as_deref(), &mut run_id, url) {
                 Ok(from) => {
+                    if from == "0-0" && last.is_some() {
+                        // The stream was lost: what this node had in it will not come back.
+                        outbox.give_up_in_flight();
+                        order.ring_all();
+                    }
                     last = Some(from);
                     health.set_positioned();
                 }
@@ -445,7 +505,9 @@ fn read(
                 continue;
             }
         };
-        for (id, payload) in stream_entries(reply) {
+        let entries = stream_entries(reply);
+        let any = !entries.is_empty();
+        for (id, payload) in entries {
             last = Some(id);
             let decoded = match codec::decode(payload, me, protocol) {
                 Ok(d) => d,
@@ -473,6 +535,13 @@ fn read(
                 .map(|e| held_for(e.len()) as u64)
                 .sum();
             order.post(Arc::from(decoded.entries), held);
+            if decoded.node == me {
+                // After posting: a loop that sees the ticket returned finds it in the order.
+                outbox.read_back(decoded.batch);
+            }
+        }
+        if any {
+            order.ring_all();
         }
     }
 }

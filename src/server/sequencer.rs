@@ -48,8 +48,19 @@ pub enum Sequencer {
 
 impl Sequencer {
     /// Gives every message of `batch` (emptied) its place at the end of the order, and brings
-    /// `log` up to it: the messages others sequenced before, then these.
-    pub fn sequence(&mut self, batch: &mut Vec<Entry>, log: &mut Log) {
+    /// `log` up to it: the messages others sequenced before, then these. Returns a ticket that
+    /// [`settled`](Self::settled) says is in the order: at once, but in a cluster only once
+    /// the batch came back from the backplane.
+    pub fn sequence(&mut self, batch: &mut Vec<Entry>, log: &mut Log) -> u64 {
+        if let Sequencer::Cluster(member, outbox) = self {
+            let mut ticket = 0;
+            if !batch.is_empty() && !member.order.board.shutting_down() {
+                ticket = outbox.push(member.me, Arc::from(batch.as_slice()));
+            }
+            batch.clear();
+            member.catch_up(log);
+            return ticket;
+        }
         match self {
             Sequencer::Alone => {
                 for entry in batch.drain(..) {
@@ -57,13 +68,17 @@ impl Sequencer {
                 }
             }
             Sequencer::Shared(member) => member.sequence(batch, log),
-            Sequencer::Cluster(member, outbox) => {
-                if !batch.is_empty() && !member.order.board.shutting_down() {
-                    outbox.push(member.me, Arc::from(batch.as_slice()));
-                }
-                batch.clear();
-                member.catch_up(log);
-            }
+            Sequencer::Cluster(..) => unreachable!("handled above"),
+        }
+        0
+    }
+
+    /// Whether what was sequenced with `ticket` is in the order (so a client that sent it and
+    /// closed is owed up to where the order ends now, its own last messages included).
+    pub fn settled(&self, ticket: u64) -> bool {
+        match self {
+            Sequencer::Cluster(_, outbox) => outbox.returned() >= ticket,
+            _ => true,
         }
     }
 
@@ -217,8 +232,8 @@ impl Order {
     }
 
     /// Posts a batch from outside the loops (the cluster's reader: what came back from the
-    /// backplane) at the end of the order, and wakes every loop. Not after shutdown began
-    /// (the loops have taken their last).
+    /// backplane) at the end of the order; [`ring_all`](Self::ring_all) then wakes the loops.
+    /// Not after shutdown began (the loops have taken their last).
     pub fn post(&self, entries: Arc<[Entry]>, held: u64) {
         if entries.is_empty() {
             return;
@@ -231,7 +246,10 @@ impl Order {
         state.sequenced_held += held;
         state.posted.push_back(entries);
         self.pressure.0.store(state.pressure(), Ordering::Relaxed);
-        drop(state);
+    }
+
+    /// Wakes every loop (after [`post`](Self::post)s).
+    pub fn ring_all(&self) {
         for i in 0..self.board.loops() {
             self.board.ring(i);
         }
