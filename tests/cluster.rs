@@ -309,33 +309,20 @@ fn no_echo_self_history_and_websocket_clients_hold_across_nodes() {
         &redis,
         &["--no-echo-self", "--history", "3", "--http", "127.0.0.1:0"],
     );
-    let mut on_a = Client::connect(a.addr);
+    // The WebSocket client is a receiver once its 101 came; `on_a` once its own line is read
+    // (after it joined): when the first hears the second, both are.
     let mut ws = util::ws::Ws::connect(b.http_addr());
-    // Each hears the other, never itself; the WebSocket client on another node too.
-    let mut sync = 0;
-    loop {
-        // Until both are receivers (their hellos cross).
-        sync += 1;
-        on_a.send(format!("a {sync}\n").as_bytes());
-        let got = ws.recv_text();
-        if got.starts_with("a ") {
-            break;
-        }
-    }
+    let mut on_a = Client::connect(a.addr);
+    on_a.send(b"a in\n");
+    assert_eq!(ws.recv_text(), "a in");
+    // Each hears the other, never itself, across nodes.
     ws.send_text("from ws");
-    on_a.skip_past(b"from ws\n");
+    on_a.expect(b"from ws\n");
     for i in 0..5 {
         on_a.send(format!("n {i}\n").as_bytes());
     }
     for i in 0..5 {
-        // (Earlier `a` lines may still be in flight to it.)
-        loop {
-            let t = ws.recv_text();
-            if t == format!("n {i}") {
-                break;
-            }
-            assert!(t.starts_with("a "), "{t}");
-        }
+        assert_eq!(ws.recv_text(), format!("n {i}"));
     }
     // A late joiner on node b gets the last 3 in the cluster's order.
     let mut late = Client::connect(b.addr);
@@ -363,4 +350,47 @@ fn a_node_stopped_for_a_while_catches_up_without_being_cut_off() {
     let got = lines_with(&mut reader, "m ", 20_000);
     let expected: Vec<String> = (0..20_000).map(|i| format!("m {i}")).collect();
     assert_eq!(got, expected);
+}
+
+/// Fetches `/metrics` until it contains `want` (within 10 s).
+fn scrape_until(addr: SocketAddr, want: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+        if body.contains(want) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {want:?} in:\n{body}"
+        );
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn mob_cluster_up_says_whether_the_node_reaches_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let port = redis.port;
+    let n = node(&redis, &["--metrics", "127.0.0.1:0"]);
+    let metrics = n.metrics_addr();
+    scrape_until(metrics, "\nmob_cluster_up 1\n");
+    drop(redis);
+    // A client's input waits meanwhile.
+    let mut c = Client::connect(n.addr);
+    c.send(b"while redis is down\n");
+    scrape_until(metrics, "\nmob_cluster_up 0\n");
+    n.log.wait_for(&["cluster:", "failed"]);
+    let Some(_redis) = Redis::start_on(port) else {
+        return;
+    };
+    scrape_until(metrics, "\nmob_cluster_up 1\n");
+    c.expect(b"while redis is down\n");
+    // Without --cluster there is no such metric.
+    let plain = Server::start(&["--metrics", "127.0.0.1:0"]);
+    let body = scrape_until(plain.metrics_addr(), "mob_connections");
+    assert!(!body.contains("mob_cluster_up"));
 }

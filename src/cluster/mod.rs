@@ -248,6 +248,11 @@ impl Backplane {
         let url = config.url.clone();
         let mut threads = Vec::new();
         let reader_outbox = Arc::clone(&outbox);
+        let start = start_point(&client, &key, &url);
+        if start.is_some() {
+            health.reader.store(true, Ordering::Relaxed);
+            health.set_positioned();
+        }
         {
             let (client, key, url, board, health) = (
                 client.clone(),
@@ -280,6 +285,7 @@ impl Backplane {
                         &board,
                         held_for,
                         &health,
+                        start,
                     )
                 })
                 .map_err(|e| e.to_string())?,
@@ -370,6 +376,21 @@ fn publish(
     let mut number = 0u64;
     loop {
         batches.clear();
+        if con.is_none() {
+            // At once, not when there is something to send: `mob_cluster_up` says whether
+            // the node reaches Redis now.
+            con = connect(
+                &client,
+                url,
+                "publisher",
+                board,
+                &health.publisher,
+                &mut down_logged,
+            );
+            if con.is_none() {
+                return; // shutting down
+            }
+        }
         while !health.wait_positioned(READ_BLOCK) {
             if board.shutting_down() {
                 return;
@@ -442,13 +463,15 @@ fn read(
     board: &Board,
     held_for: impl Fn(usize) -> usize,
     health: &Health,
+    start: Option<Start>,
 ) {
-    let mut con: Option<redis::Connection> = None;
+    // Where this node reads from: the stream's end when the node started (a node serves
+    // what is sent from its start on), or when it first reached Redis.
+    let (mut con, mut last, mut run_id) = match start {
+        Some(s) => (Some(s.con), Some(s.from), s.run_id),
+        None => (None, None, None),
+    };
     let mut down_logged = false;
-    // Where this node reads from: the stream's end when it first connects (a node serves
-    // what is sent from its start on).
-    let mut last: Option<String> = None;
-    let mut run_id: Option<String> = None;
     // Per node: the last batch number taken.
     let mut seen: HashMap<u64, u64> = HashMap::new();
     while !board.shutting_down() {
@@ -544,6 +567,29 @@ fn read(
             order.ring_all();
         }
     }
+}
+
+/// Where the reader starts, found before the node serves anyone.
+struct Start {
+    con: redis::Connection,
+    from: String,
+    run_id: Option<String>,
+}
+
+/// The stream's end now, if Redis answers within a second: clients that join from now on
+/// are sent every message sent after. (Without Redis, the reader finds its start when it
+/// first gets through; other nodes cannot publish meanwhile unless they reach a Redis this
+/// node does not.)
+fn start_point(client: &redis::Client, key: &str, url: &str) -> Option<Start> {
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(1))
+        .ok()?;
+    let limit = Some(READ_BLOCK + Duration::from_secs(2));
+    con.set_read_timeout(limit).ok()?;
+    con.set_write_timeout(limit).ok()?;
+    let mut run_id = None;
+    let from = resume_point(&mut con, key, None, &mut run_id, url).ok()?;
+    Some(Start { con, from, run_id })
 }
 
 /// After (re)connecting: where to read from. The first time, the stream's end. Later, the

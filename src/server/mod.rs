@@ -344,6 +344,8 @@ impl Server {
         let backplane = match (&self.config.cluster, &self.cluster) {
             (Some(cluster), Some((order, outbox))) => {
                 let overhead = log::entry_overhead(c.threads);
+                let health = Arc::new(Health::default());
+                let _ = self.board.cluster.set(Arc::clone(&health));
                 let started = Backplane::start(
                     cluster,
                     c.protocol,
@@ -351,7 +353,7 @@ impl Server {
                     Arc::clone(outbox),
                     Arc::clone(&self.board),
                     move |len| log::counted(len, overhead),
-                    Arc::new(Health::default()),
+                    health,
                 );
                 match started {
                     Ok(b) => Some(b),
