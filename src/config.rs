@@ -150,6 +150,9 @@ impl ServerConfig {
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err("--idle-timeout must be above 0 (leave it out to turn it off)".into());
         }
+        if self.cluster.as_ref().is_some_and(|c| c.keep == 0) {
+            return Err("--cluster-keep must be at least 1".into());
+        }
         Ok(())
     }
 }

@@ -98,6 +98,10 @@ struct ServeArgs {
     /// The cluster's channel (the Redis stream's name).
     #[arg(long, default_value = "mob", value_name = "NAME")]
     cluster_channel: String,
+    /// About how many entries the cluster's stream keeps: a node that falls further behind
+    /// (stopped, or cut off from Redis) misses the oldest (logged as a gap).
+    #[arg(long, default_value_t = mob::cluster::STREAM_LENGTH, value_name = "ENTRIES")]
+    cluster_keep: usize,
     /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -281,6 +285,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cluster: args.cluster.map(|url| mob::cluster::ClusterConfig {
             url,
             channel: args.cluster_channel,
+            keep: args.cluster_keep,
         }),
         auth_token: args
             .auth_token_file

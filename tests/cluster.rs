@@ -394,3 +394,36 @@ fn mob_cluster_up_says_whether_the_node_reaches_redis() {
     let body = scrape_until(plain.metrics_addr(), "mob_connections");
     assert!(!body.contains("mob_cluster_up"));
 }
+
+#[test]
+fn a_node_that_falls_behind_what_the_stream_keeps_logs_the_gap_and_goes_on() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &["--cluster-keep", "100"]);
+    let b = node(&redis, &["--cluster-keep", "100"]);
+    let mut reader = joined(a.addr, "reader");
+    let mut publisher = joined(b.addr, "publisher");
+    a.signal(libc::SIGSTOP);
+    // One entry each (each waits for the one before to come back), far more than 100.
+    for i in 0..1000 {
+        let line = format!("m {i}\n");
+        publisher.send(line.as_bytes());
+        publisher.expect(line.as_bytes());
+    }
+    a.signal(libc::SIGCONT);
+    a.log.wait_for(&["cluster: gap"]);
+    // It goes on: what the stream still held arrives, in order, up to the newest, and it
+    // was not cut off.
+    let mut got = Vec::new();
+    loop {
+        let line = String::from_utf8(reader.read_line()).unwrap();
+        if let Some(n) = line.strip_prefix("m ") {
+            let n: usize = n.parse().unwrap();
+            got.push(n);
+            if n == 999 {
+                break;
+            }
+        }
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+    assert!(got.len() < 1000, "nothing was trimmed");
+}

@@ -38,8 +38,8 @@ use tracing::{info, warn};
 use crate::protocol::Protocol;
 use crate::server::{Board, Entry, Order};
 
-/// Entries the stream keeps (`XADD MAXLEN ~`): a node that falls behind further than this
-/// finds a gap.
+/// Entries the stream keeps by default (`XADD MAXLEN ~`, `--cluster-keep`): a node that
+/// falls behind further than this finds a gap.
 pub const STREAM_LENGTH: usize = 100_000;
 /// Entries one `XREAD` returns at most.
 const READ_COUNT: usize = 256;
@@ -55,6 +55,8 @@ pub struct ClusterConfig {
     pub url: String,
     /// The stream's name: nodes with the same Redis and channel serve one broadcast.
     pub channel: String,
+    /// About how many entries the stream keeps (Redis trims in whole blocks of entries).
+    pub keep: usize,
 }
 
 /// What the event loops hand to the publisher: read batches not yet in Redis.
@@ -246,6 +248,7 @@ impl Backplane {
         let node: u64 = rand_id();
         let key = config.channel.clone();
         let url = config.url.clone();
+        let keep = config.keep;
         let mut threads = Vec::new();
         let reader_outbox = Arc::clone(&outbox);
         let start = start_point(&client, &key, &url);
@@ -265,7 +268,9 @@ impl Backplane {
                 thread::Builder::new()
                     .name("mob-cluster-pub".into())
                     .spawn(move || {
-                        publish(client, &url, &key, node, protocol, &outbox, &board, &health)
+                        publish(
+                            client, &url, &key, keep, node, protocol, &outbox, &board, &health,
+                        )
                     })
                     .map_err(|e| e.to_string())?,
             );
@@ -364,6 +369,7 @@ fn publish(
     client: redis::Client,
     url: &str,
     key: &str,
+    keep: usize,
     node: u64,
     protocol: Protocol,
     outbox: &Outbox,
@@ -424,7 +430,7 @@ fn publish(
                 .arg(key)
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(STREAM_LENGTH)
+                .arg(keep)
                 .arg("*")
                 .arg("m")
                 .arg(&payload[..])
