@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -77,6 +78,18 @@ pub struct ServerConfig {
     pub auth_token: Option<crate::auth::Token>,
     /// With a Redis backplane: several nodes serve one broadcast in one order.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Serve TLS on the listener and the HTTP listener with this certificate and key; `None`
+    /// serves plain TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of `--tls-cert` and `--tls-key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// The private key of the server's certificate.
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +111,7 @@ impl Default for ServerConfig {
             history: 0,
             auth_token: None,
             cluster: None,
+            tls: None,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! mob: a multi-echo server. Every message any connected client sends is relayed to every
-//! connected client, in one total order, over plain TCP, on [mio] event loops (one per
+//! connected client, in one total order, over TCP (plain or TLS), on [mio] event loops (one per
 //! `--threads`, one by default) that share that order through a sequencer.
 //!
 //! # Layout
@@ -12,7 +12,9 @@
 //!   connection's [`server::Inbox`] turns its input into [`server::Entry`]s, which the
 //!   [`server::Sequencer`] gives their place in the one order and appends to every loop's
 //!   [`server::Log`]; each receiver is a [`server::Cursor`] into its loop's log, written with
-//!   vectored writes in flush rounds (`server/fanout.rs`).
+//!   vectored writes in flush rounds (`server/fanout.rs`). Every byte a connection reads or
+//!   writes goes through its `Stream` (`server/stream.rs`): the socket, or the socket under a
+//!   rustls session with `--tls-cert` (`server/tls.rs` reads the certificate and key).
 //! - [`chat`]: the interactive client behind `mob chat`.
 //! - [`bench`]: the load generator and checker behind `mob bench` (mob, Redis, NATS and
 //!   WebSocket).

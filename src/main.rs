@@ -105,6 +105,13 @@ struct ServeArgs {
     /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Serve TLS on the listener and on the --http listener (https, wss) with this certificate
+    /// chain (PEM, the server's certificate first); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// How log lines on stderr are written: text for people, json (one object a line, fields
     /// as keys) for log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -235,7 +242,11 @@ fn main() -> ExitCode {
 
 /// Log lines go to stderr at the level `RUST_LOG` sets (`info` when unset), in `format`.
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls's own lines (with its `logging` feature, which the clients' use may turn on)
+    // are off unless asked for: a client can cause them by the thousand, and the server logs
+    // each TLS failure itself, rate-limited, naming the peer.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rustls=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -293,6 +304,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(mob::auth::Token::from_file)
             .transpose()
             .map_err(anyhow::Error::msg)?,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| mob::config::TlsFiles { cert, key }),
     };
     let mut server = Server::bind(config)?;
     server.handle_signals()?;

@@ -10,13 +10,12 @@ use std::io;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use mio::net::TcpStream;
 
 use super::disconnect::{AuthFailure, DisconnectReason};
+use super::stream::Stream;
 use super::web::SIDE_TIMEOUT;
 use crate::auth::{check_first, FirstMessage};
 use crate::protocol::Protocol;
-use crate::sys;
 
 /// What has arrived of a client's first message.
 #[derive(Debug)]
@@ -46,13 +45,17 @@ impl AuthWait {
     }
 
     /// Reads what the socket holds of the first message, which must be `expected` (the
-    /// token's message in `protocol`).
+    /// token's message in `protocol`). Under TLS, first sends what the session has to send
+    /// (its handshake), as far as the socket takes it (the rest on a writable event).
     pub fn read(
         &mut self,
-        socket: &TcpStream,
+        socket: &mut Stream,
         expected: &[u8],
         protocol: Protocol,
     ) -> Authenticated {
+        if let Err(e) = socket.send_pending() {
+            return Authenticated::No(DisconnectReason::from_io(e));
+        }
         loop {
             let need = match check_first(&self.got, expected, protocol) {
                 FirstMessage::Accepted => return Authenticated::Yes,
@@ -62,14 +65,19 @@ impl AuthWait {
                 FirstMessage::Need(n) => n,
             };
             self.got.reserve(need);
-            match sys::read_into(socket, &mut self.got, need) {
+            let read = socket.read_into(&mut self.got, need);
+            // Under TLS a read may have made the session want to send (its handshake).
+            if let Err(e) = socket.send_pending() {
+                return Authenticated::No(DisconnectReason::from_io(e));
+            }
+            match read {
                 Ok(0) => {
                     return Authenticated::No(DisconnectReason::Auth(AuthFailure::ClosedFirst))
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Authenticated::Pending,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Authenticated::No(DisconnectReason::Reset(e)),
+                Err(e) => return Authenticated::No(DisconnectReason::from_io(e)),
             }
         }
     }

@@ -1,7 +1,7 @@
 //! One client: its socket, its undecoded input and its place in the log.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -14,9 +14,9 @@ use super::disconnect::DisconnectReason;
 use super::inbox::{self, Inbox};
 use super::log::{self, Entry, Log};
 use super::pack::Packer;
+use super::stream::Stream;
 use super::web::{Side, WsState};
 use crate::protocol::Decoder;
-use crate::sys;
 
 /// TCP keepalive on every client socket, so a peer that vanished (a machine switched off, a
 /// cable pulled) is found on a quiet server too: probes after this much silence...
@@ -114,8 +114,9 @@ pub enum Transport {
 /// A connected client.
 #[derive(Debug)]
 pub struct Connection {
-    /// The client's socket, registered with the loop under this connection's token.
-    pub socket: TcpStream,
+    /// The client's socket (under TLS with `--tls-cert`), registered with the loop under this
+    /// connection's token. Every byte read or written goes through it.
+    pub socket: Stream,
     /// The client's address, for every log line about it.
     pub peer: SocketAddr,
     /// Unique for the life of the server (tokens are reused), so `--no-echo-self` can tell a
@@ -165,7 +166,7 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(
-        socket: TcpStream,
+        socket: impl Into<Stream>,
         peer: SocketAddr,
         id: u64,
         decoder: Decoder,
@@ -173,7 +174,7 @@ impl Connection {
         now: Instant,
     ) -> Self {
         Connection {
-            socket,
+            socket: socket.into(),
             peer,
             id,
             inbox: Inbox::new(decoder),
@@ -230,7 +231,7 @@ impl Connection {
             Transport::Ws(ws) => {
                 let last_input = &mut self.last_input;
                 return ws.read(
-                    &self.socket,
+                    &mut self.socket,
                     bufs,
                     self.id,
                     budget,
@@ -287,7 +288,7 @@ impl Connection {
                 .min(budget - taken)
                 .min(inbox::MAX_READ);
             let prefixed = self.inbox.prefix(&mut bufs.scratch);
-            let read = sys::read_into(&self.socket, &mut bufs.scratch, most);
+            let read = self.socket.read_into(&mut bufs.scratch, most);
             if !matches!(read, Ok(n) if n > 0) {
                 // No new bytes: the partial stays where it was; its copy goes.
                 bufs.scratch.clear();
@@ -317,7 +318,7 @@ impl Connection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Input::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(DisconnectReason::Reset(e)),
+                Err(e) => return Err(DisconnectReason::from_io(e)),
             }
         }
         Ok(Input::More)
@@ -335,7 +336,7 @@ impl Connection {
         let mut taken = 0;
         while taken < budget {
             inbox::reserve_for_read(scratch);
-            let read = sys::read_into(&self.socket, scratch, budget - taken);
+            let read = self.socket.read_into(scratch, budget - taken);
             scratch.clear();
             match read {
                 Ok(0) => return Ok(Input::Eof),
@@ -345,7 +346,7 @@ impl Connection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Input::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(DisconnectReason::Reset(e)),
+                Err(e) => return Err(DisconnectReason::from_io(e)),
             }
         }
         Ok(Input::More)
@@ -353,9 +354,24 @@ impl Connection {
 
     /// Writes what this client is owed of `log` (see [`Cursor::flush`]); a WebSocket client
     /// is written from `frames`, the log rendered as WebSocket frames, and the control frames
-    /// it is owed go out between whole messages.
-    /// Bytes written are added to `sent`.
+    /// it is owed go out between whole messages. Under TLS it is caught up only once its
+    /// records have left too. Bytes written (plaintext) are added to `sent`.
     pub fn flush(
+        &mut self,
+        log: &super::Log,
+        frames: &super::Log,
+        echo_self: bool,
+        sent: &mut u64,
+    ) -> io::Result<Flushed> {
+        let flushed = self.flush_messages(log, frames, echo_self, sent)?;
+        // (Plain streams: always true, nothing to send.)
+        if flushed == Flushed::CaughtUp && !self.socket.send_pending()? {
+            return Ok(Flushed::Blocked);
+        }
+        Ok(flushed)
+    }
+
+    fn flush_messages(
         &mut self,
         log: &super::Log,
         frames: &super::Log,
@@ -385,9 +401,15 @@ impl Connection {
         }
     }
 
-    /// Whether a flush has something to write: messages, or control frames.
+    /// Whether a flush has something to write: messages, or control frames, or TLS records.
     pub fn wants_write(&self, log: &super::Log) -> bool {
-        self.cursor.is_behind(log) || matches!(&self.transport, Transport::Ws(ws) if ws.has_ctrl())
+        self.cursor.is_behind(log) || self.has_ctrl()
+    }
+
+    /// Whether bytes other than messages wait to be written: WebSocket control frames, or TLS
+    /// records (a handshake's answer, the rest of what the socket did not take).
+    pub fn has_ctrl(&self) -> bool {
+        matches!(&self.transport, Transport::Ws(ws) if ws.has_ctrl()) || self.socket.wants_write()
     }
 
     /// Whether this is a WebSocket receiver.
@@ -419,7 +441,7 @@ impl Connection {
     /// count under `--no-echo-self`).
     pub fn owes(&self, log: &super::Log, echo_self: bool) -> bool {
         let skip = (!echo_self).then_some(self.id);
-        self.cursor.owes(log, skip)
+        self.cursor.owes(log, skip) || self.socket.wants_write()
     }
 
     /// Why a finished connection ends (see [`end`](Self::end)).
@@ -429,14 +451,15 @@ impl Connection {
 
     /// Whether the client closed its side and has now been sent all it is owed.
     pub fn is_finished(&self) -> bool {
-        self.eof_at
-            .is_some_and(|end| self.cursor.next_seq() >= end && !self.cursor.in_message())
+        self.eof_at.is_some_and(|end| {
+            self.cursor.next_seq() >= end && !self.cursor.in_message() && !self.socket.wants_write()
+        })
     }
 
     /// Closes our sending side (the client reads the end of the stream after all it was
-    /// sent); a WebSocket client is sent a close frame (going away) first. Returns false if
-    /// that frame could not be written whole yet: the socket is not shut, and this is to be
-    /// called again once it is writable.
+    /// sent); a WebSocket client is sent a close frame (going away) first, a TLS client a
+    /// close_notify. Returns false if those could not be written whole yet: the socket is not
+    /// shut, and this is to be called again once it is writable.
     pub fn shut_write(&mut self) -> io::Result<bool> {
         if let Transport::Ws(ws) = &mut self.transport {
             ws.going_away();
@@ -444,8 +467,10 @@ impl Connection {
                 return Ok(false);
             }
         }
+        if !self.socket.shut_write()? {
+            return Ok(false);
+        }
         self.write_shut = true;
-        self.socket.shutdown(Shutdown::Write)?;
         Ok(true)
     }
 
@@ -454,7 +479,7 @@ impl Connection {
     /// than after a FIN-WAIT that lasts as long as the peer neither reads nor closes.
     pub fn abort_on_close(&self) {
         // Failing only means a graceful close instead.
-        let _ = SockRef::from(&self.socket).set_linger(Some(Duration::ZERO));
+        let _ = SockRef::from(self.socket.tcp()).set_linger(Some(Duration::ZERO));
     }
 }
 

@@ -15,6 +15,9 @@ pub enum DisconnectReason {
     Closed,
     /// The socket failed: reset by the peer, broken pipe, and the like.
     Reset(io::Error),
+    /// The TLS session failed (`--tls-cert`): a bad handshake, a record that does not
+    /// decrypt, a client speaking plain text to a TLS port. Counted as `protocol`.
+    Tls(rustls::Error),
     /// The client sent something that cannot be relayed.
     Protocol(ProtocolError),
     /// The client read too slowly and fell more than `--max-pending` bytes behind.
@@ -61,7 +64,7 @@ impl DisconnectReason {
         match self {
             DisconnectReason::Closed => "closed",
             DisconnectReason::Reset(_) => "reset",
-            DisconnectReason::Protocol(_) => "protocol",
+            DisconnectReason::Protocol(_) | DisconnectReason::Tls(_) => "protocol",
             DisconnectReason::SlowConsumer { .. } => "slow_consumer",
             DisconnectReason::Idle(_) => "idle",
             DisconnectReason::Shutdown { .. } => "shutdown",
@@ -82,6 +85,7 @@ impl DisconnectReason {
             self,
             DisconnectReason::Reset(_)
                 | DisconnectReason::Protocol(_)
+                | DisconnectReason::Tls(_)
                 | DisconnectReason::SlowConsumer { .. }
                 | DisconnectReason::WsProtocol(_)
                 | DisconnectReason::Auth(_)
@@ -136,6 +140,7 @@ impl fmt::Display for DisconnectReason {
         match self {
             DisconnectReason::Closed => f.write_str("client closed the connection"),
             DisconnectReason::Reset(e) => write!(f, "connection error: {e}"),
+            DisconnectReason::Tls(e) => write!(f, "TLS: {e}"),
             DisconnectReason::Protocol(e) => write!(f, "protocol error: {e}"),
             DisconnectReason::SlowConsumer { max_pending } => write!(
                 f,
@@ -180,6 +185,17 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Auth(AuthFailure::Displaced) => f.write_str(
                 "authentication failed: no token yet, closed for a newer connection (a quarter of --max-connections may wait for theirs)",
             ),
+        }
+    }
+}
+
+impl DisconnectReason {
+    /// Why a read or write that failed with `e` ends the connection: its TLS session failed,
+    /// or its socket did.
+    pub fn from_io(e: io::Error) -> Self {
+        match super::stream::tls_error(&e) {
+            Some(tls) => DisconnectReason::Tls(tls.clone()),
+            None => DisconnectReason::Reset(e),
         }
     }
 }

@@ -30,6 +30,7 @@ use super::listener;
 use super::metrics::{Counts, PUBLISH_EVERY};
 use super::ratelimit::LogLimit;
 use super::sequencer::Sequencer;
+use super::stream::Stream;
 use super::timer::Timer;
 use super::web::{self, Side, SideEvent, WsState};
 use super::{CutOff, ServerError, Stats};
@@ -84,6 +85,8 @@ pub struct EventLoop {
     /// TCP clients that have not presented the token, oldest first (entries of connections
     /// that have since joined or closed are dropped when the list is next looked at).
     waiting_for_token: VecDeque<(usize, u64)>,
+    /// With `--tls-cert`: every connection of both listeners is a TLS session under this.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Side connections (HTTP, WebSocket clients being closed, TCP clients that have not
     /// presented the token) by deadline: always
     /// [`web::SIDE_TIMEOUT`] after they were made, so in order. An entry whose connection
@@ -150,15 +153,18 @@ pub struct EventLoop {
 pub struct LoopSetup {
     poll: Poll,
     timer: Timer,
+    /// The TLS configuration of its connections (`--tls-cert`), if any.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl LoopSetup {
-    /// A poll with its timer, and the waker that goes to the board.
-    pub fn new() -> Result<(LoopSetup, Waker), ServerError> {
+    /// A poll with its timer, and the waker that goes to the board; its connections are TLS
+    /// sessions under `tls`, if given.
+    pub fn new(tls: Option<Arc<rustls::ServerConfig>>) -> Result<(LoopSetup, Waker), ServerError> {
         let poll = Poll::new().map_err(ServerError::Setup)?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(ServerError::Setup)?;
         let timer = Timer::new(poll.registry(), TIMER).map_err(ServerError::Setup)?;
-        Ok((LoopSetup { poll, timer }, waker))
+        Ok((LoopSetup { poll, timer, tls }, waker))
     }
 }
 
@@ -173,7 +179,7 @@ impl EventLoop {
         board: Arc<Board>,
         sequencer: Sequencer,
     ) -> Result<EventLoop, ServerError> {
-        let LoopSetup { poll, timer } = setup;
+        let LoopSetup { poll, timer, tls } = setup;
         let (mut listener, mut http_listener) = (listener, http_listener);
         for (listener, token) in [
             (&mut listener, LISTENER),
@@ -204,6 +210,7 @@ impl EventLoop {
             origins,
             token_message,
             waiting_for_token: VecDeque::new(),
+            tls,
             side_deadlines: VecDeque::new(),
             config,
             board,
@@ -485,7 +492,7 @@ impl EventLoop {
     /// (The board counted it already; a failure here uncounts it.)
     fn admit(
         &mut self,
-        mut socket: TcpStream,
+        socket: TcpStream,
         peer: SocketAddr,
         join_at: u64,
         http: bool,
@@ -494,12 +501,26 @@ impl EventLoop {
         if let Err(e) = Connection::configure(&socket) {
             debug!(peer = %peer, "cannot set socket options: {e}");
         }
+        let mut socket = match &self.tls {
+            None => Stream::Plain(socket),
+            Some(config) => match Stream::tls(socket, config) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    warn!(peer = %peer, "cannot start a TLS session: {e}");
+                    self.board.closed(self.index);
+                    return;
+                }
+            },
+        };
         if !http && self.token_message.is_some() {
             self.make_room_to_wait_for_token(now);
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let interest = if http {
+        // With TLS, a client waiting to present its token may need its handshake written when
+        // the socket allows.
+        let waits_for_token_over_tls = self.token_message.is_some() && self.tls.is_some();
+        let interest = if http || waits_for_token_over_tls {
             // It is answered outside the flush rounds, as soon as the socket allows.
             Interest::READABLE | Interest::WRITABLE
         } else {
@@ -536,7 +557,9 @@ impl EventLoop {
             self.side_deadlines.push_back((wait.deadline, key, id));
             self.waiting_for_token.push_back((key, id));
             let transport = Transport::Auth(wait);
-            entry.insert(Connection::new(socket, peer, id, decoder, transport, now));
+            entry
+                .insert(Connection::new(socket, peer, id, decoder, transport, now))
+                .wants_writable = waits_for_token_over_tls;
             debug!(peer = %peer, event_loop = self.index, "connected, waiting for the token");
             if self.shutdown_deadline.is_some() {
                 self.closing
@@ -596,11 +619,25 @@ impl EventLoop {
         let Transport::Auth(wait) = &mut conn.transport else {
             return;
         };
-        match wait.read(&conn.socket, expected, self.config.protocol) {
+        match wait.read(&mut conn.socket, expected, self.config.protocol) {
             Authenticated::Pending => {}
             Authenticated::No(reason) => self.closing.push((key, reason)),
             Authenticated::Yes => {
                 conn.transport = Transport::Tcp;
+                if conn.wants_writable {
+                    // Registered for the TLS handshake's writes: a receiver's interest is
+                    // kept in step with its flushes from here on.
+                    let registered = self.poll.registry().reregister(
+                        &mut conn.socket,
+                        Token(key),
+                        Interest::READABLE,
+                    );
+                    if let Err(e) = registered {
+                        self.closing.push((key, DisconnectReason::Reset(e)));
+                        return;
+                    }
+                    conn.wants_writable = false;
+                }
                 let join_at = self.sequencer.join_point(&self.fanout.log, None);
                 self.fanout.join(key, conn, join_at);
                 // Edge-triggered: what followed the token raises no new event.
@@ -737,8 +774,10 @@ impl EventLoop {
                 .sequence(&mut self.bufs.batch, &mut self.fanout.log);
             conn.last_ticket = conn.last_ticket.max(ticket);
             self.bufs.shrink(read);
-            if matches!(&conn.transport, Transport::Ws(ws) if ws.has_ctrl()) {
-                self.fanout.wake(key, conn); // a pong to write
+            if conn.has_ctrl() {
+                // A pong, or what the TLS session wants sent (its handshake) that the socket
+                // did not take at once.
+                self.fanout.wake(key, conn);
             }
             match result {
                 Ok(Input::More) => self.read_queue.push_back((key, id)),

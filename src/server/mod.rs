@@ -22,7 +22,9 @@ mod pack;
 mod ratelimit;
 mod rendition;
 mod sequencer;
+mod stream;
 mod timer;
+mod tls;
 mod web;
 
 use std::collections::BTreeMap;
@@ -49,6 +51,8 @@ pub use sequencer::{Order, Sequencer};
 pub enum ServerError {
     #[error("invalid settings: {0}")]
     Config(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot set up the event loop: {0}")]
@@ -191,6 +195,11 @@ impl Server {
                 config.max_pending, config.max_message
             );
         }
+        // Before binding: a bad certificate is found before anyone can connect.
+        let tls = match &config.tls {
+            Some(files) => Some(tls::load(files).map_err(ServerError::Tls)?),
+            None => None,
+        };
         let addr = config.listen;
         let listener = listener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = listener
@@ -224,7 +233,7 @@ impl Server {
         let mut setups = Vec::with_capacity(config.threads);
         let mut wakers = Vec::with_capacity(config.threads);
         for _ in 0..config.threads {
-            let (setup, waker) = LoopSetup::new()?;
+            let (setup, waker) = LoopSetup::new(tls.clone())?;
             setups.push(setup);
             wakers.push(waker);
         }
@@ -300,8 +309,9 @@ impl Server {
     pub fn run(self) -> Result<Stats, ServerError> {
         let c = &self.config;
         info!(
-            "serving {} on {} with {} event loop{} (max {} connections, message ≤ {} B, pending ≤ {} B, slow consumers: {})",
+            "serving {}{} on {} with {} event loop{} (max {} connections, message ≤ {} B, pending ≤ {} B, slow consumers: {})",
             c.protocol,
+            if c.tls.is_some() { " over TLS" } else { "" },
             self.local_addr,
             c.threads,
             if c.threads == 1 { "" } else { "s" },

@@ -11,20 +11,18 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use mio::net::TcpStream;
 
 use super::connection::Input;
 use super::disconnect::DisconnectReason;
 use super::inbox;
 use super::log::{self, Entry};
 use super::pack::Packer;
+use super::stream::Stream;
 use crate::auth::Token;
 use crate::protocol::Protocol;
-use crate::sys;
 use crate::ws::frame::{self, close, Decoder, FrameError, Received};
 use crate::ws::handshake::{self, Origins, Parsed, Route, MAX_HEAD};
 
@@ -97,7 +95,7 @@ impl Side {
     /// Reads, answers and lingers as far as the socket allows.
     pub fn drive(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut Stream,
         origins: &Origins,
         token: Option<&Token>,
     ) -> SideEvent {
@@ -105,7 +103,7 @@ impl Side {
             Ok(event) => event,
             // Once answered, the answer is what the connection ended with, whether the client
             // then closed, reset or stopped.
-            Err(e) => SideEvent::Done(self.end(DisconnectReason::Reset(e))),
+            Err(e) => SideEvent::Done(self.end(DisconnectReason::from_io(e))),
         }
     }
 
@@ -131,7 +129,7 @@ impl Side {
 
     fn step(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut Stream,
         origins: &Origins,
         token: Option<&Token>,
     ) -> io::Result<SideEvent> {
@@ -142,7 +140,7 @@ impl Side {
                         head.reserve((MAX_HEAD - head.len()).min(1024));
                     }
                     let room = MAX_HEAD - head.len();
-                    let n = match sys::read_into(socket, head, room) {
+                    let n = match socket.read_into(head, room) {
                         Ok(0) => return Ok(SideEvent::Done(DisconnectReason::Closed)),
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -196,9 +194,12 @@ impl Side {
                             Err(e) => return Err(e),
                         }
                     }
+                    // Under TLS a close_notify goes first, which may wait for the socket.
                     if !*shut {
+                        if !socket.shut_write()? {
+                            return Ok(SideEvent::Pending);
+                        }
                         *shut = true;
-                        socket.shutdown(Shutdown::Write)?;
                     }
                     // Read what the client still sends until it closes: closing with unread
                     // input would send a reset that can destroy the answer before it is read.
@@ -387,7 +388,7 @@ impl WsState {
     #[allow(clippy::too_many_arguments)]
     pub fn read(
         &mut self,
-        socket: &TcpStream,
+        socket: &mut Stream,
         bufs: &mut super::connection::ReadBuffers,
         origin: u64,
         budget: usize,
@@ -415,7 +416,7 @@ impl WsState {
                 .max(super::connection::READ_FLOOR)
                 .min(budget - taken)
                 .min(inbox::MAX_READ);
-            let read = sys::read_into(socket, &mut bufs.scratch, most);
+            let read = socket.read_into(&mut bufs.scratch, most);
             match read {
                 Ok(0) => {
                     bufs.scratch.clear();
@@ -442,7 +443,7 @@ impl WsState {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => bufs.scratch.clear(),
                 Err(e) => {
                     bufs.scratch.clear();
-                    result = Err(DisconnectReason::Reset(e));
+                    result = Err(DisconnectReason::from_io(e));
                     break;
                 }
             }
@@ -628,7 +629,7 @@ mod tests {
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
-        let server = mio::net::TcpStream::from_std(server);
+        let mut server = Stream::from(mio::net::TcpStream::from_std(server));
         // 6-byte masked empty text frames, 64 KiB of them.
         let frame = [0x81u8, 0x80, 1, 2, 3, 4];
         let flood: Vec<u8> = frame.iter().copied().cycle().take(6 * 10_922).collect();
@@ -646,7 +647,7 @@ mod tests {
         while bufs.batch.is_empty() {
             let _ = ws
                 .read(
-                    &server,
+                    &mut server,
                     &mut bufs,
                     0,
                     1 << 20,
