@@ -30,7 +30,7 @@ enum Command {
     // A flag given twice takes the last: the values of --config come first, so the command
     // line overrides them.
     #[command(args_override_self = true)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Interactive client: stdin lines go to the server, messages received go to stdout.
     Chat(ChatArgs),
     /// Load generator: publishers and subscribers against mob, Redis, NATS or a WebSocket
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
     };
     init_logging(format);
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Chat(args) => chat(args),
         Command::Bench(args) => bench(args),
     };

@@ -45,6 +45,9 @@ pub const STREAM_LENGTH: usize = 100_000;
 const READ_COUNT: usize = 256;
 /// How long one `XREAD` blocks: the reader looks at the shutdown flag this often.
 const READ_BLOCK: Duration = Duration::from_millis(200);
+/// How long the reader waits for a receiver's backlog to shrink below twice the read budget
+/// before it posts more anyway.
+const BACKLOG_WAIT: Duration = Duration::from_millis(100);
 /// Backoff between attempts to reach Redis: from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
@@ -60,11 +63,18 @@ pub struct ClusterConfig {
 }
 
 /// What the event loops hand to the publisher: read batches not yet in Redis.
+///
+/// Bounded: what it holds counts against the loops' read budget (`Sequencer::pressure`), so
+/// while Redis is slow or unreachable the loops stop reading and the input waits in the
+/// clients' sockets; and one entry takes at most [`Outbox::entry_cap`] of it.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<OutboxState>,
     ready: Condvar,
-    /// Bytes of messages not yet in Redis at which the loops stop reading.
+    /// Input (as `--max-pending` counts it) queued or being published, readable without the
+    /// lock.
+    held: std::sync::atomic::AtomicUsize,
+    /// At this much held, the loops stop reading.
     budget: usize,
     /// The last batch read back from Redis (or given up on): a loop's ticket up to this is
     /// in the order.
@@ -74,13 +84,12 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct OutboxState {
-    queue: VecDeque<Arc<[Entry]>>,
+    /// Batches not yet taken by the publisher, with what each counts and its ticket.
+    queue: VecDeque<(Arc<[Entry]>, usize, u64)>,
     /// Batches pushed so far (a batch's number is its ticket).
     pushed: u64,
-    /// Entries published and not yet read back: (entry number, last batch it holds).
+    /// Entries published and not yet read back: (entry number, last ticket it holds).
     in_flight: VecDeque<(u64, u64)>,
-    /// Message bytes queued or being sent.
-    bytes: usize,
     /// Loops waiting for room.
     stalled: Vec<bool>,
 }
@@ -94,23 +103,35 @@ impl Outbox {
                 ..OutboxState::default()
             }),
             ready: Condvar::new(),
+            held: std::sync::atomic::AtomicUsize::new(0),
             budget,
             returned: std::sync::atomic::AtomicU64::new(0),
             board,
         })
     }
 
-    /// Queues loop `me`'s batch for publishing; returns its ticket (see [`returned`](Self::returned)).
-    pub fn push(&self, _me: usize, batch: Arc<[Entry]>) -> u64 {
-        let bytes: usize = batch.iter().map(Entry::len).sum();
+    /// Most input one stream entry takes (a batch larger than this alone is one entry): an
+    /// eighth of the read budget, so a reply of entries stays a fraction of it too.
+    pub fn entry_cap(&self) -> usize {
+        (self.budget / 8).max(64 * 1024)
+    }
+
+    /// Queues loop `me`'s batch, which counts `held` against `--max-pending`, for
+    /// publishing; returns its ticket (see [`returned`](Self::returned)).
+    pub fn push(&self, _me: usize, batch: Arc<[Entry]>, held: usize) -> u64 {
         let mut state = lock(&self.state);
-        state.bytes += bytes;
+        self.held.fetch_add(held, Ordering::Relaxed);
         state.pushed += 1;
         let ticket = state.pushed;
-        state.queue.push_back(batch);
+        state.queue.push_back((batch, held, ticket));
         drop(state);
         self.ready.notify_one();
         ticket
+    }
+
+    /// Input queued or being published, as `--max-pending` counts it.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Tickets up to this are in the order (read back from Redis), or lost with a Redis that
@@ -124,18 +145,18 @@ impl Outbox {
         let mut state = lock(&self.state);
         let mut last = None;
         while state.in_flight.front().is_some_and(|&(n, _)| n <= number) {
-            last = state.in_flight.pop_front().map(|(_, batch)| batch);
+            last = state.in_flight.pop_front().map(|(_, ticket)| ticket);
         }
-        if let Some(batch) = last {
-            self.returned.fetch_max(batch, Ordering::Release);
+        if let Some(ticket) = last {
+            self.returned.fetch_max(ticket, Ordering::Release);
         }
     }
 
     /// What is in flight will not come back (the stream lost it): stop waiting for it.
     fn give_up_in_flight(&self) {
         let mut state = lock(&self.state);
-        if let Some(&(_, batch)) = state.in_flight.back() {
-            self.returned.fetch_max(batch, Ordering::Release);
+        if let Some(&(_, ticket)) = state.in_flight.back() {
+            self.returned.fetch_max(ticket, Ordering::Release);
         }
         state.in_flight.clear();
     }
@@ -144,13 +165,14 @@ impl Outbox {
     /// the publisher has made room.
     pub fn stall(&self, me: usize) -> bool {
         let mut state = lock(&self.state);
-        let full = state.bytes >= self.budget;
+        let full = self.held() >= self.budget;
         state.stalled[me] = full;
         full
     }
 
-    /// Takes everything queued (waiting up to `at_most` for something), to be published as
-    /// entry `number`; returns their message bytes.
+    /// Takes queued batches, in order, up to [`entry_cap`](Self::entry_cap) (at least one;
+    /// waiting up to `at_most` for one), to be published as entry `number`; returns what they
+    /// count.
     fn take(&self, into: &mut Vec<Arc<[Entry]>>, number: u64, at_most: Duration) -> usize {
         let mut state = lock(&self.state);
         if state.queue.is_empty() {
@@ -160,20 +182,27 @@ impl Outbox {
                 .map(|(s, _)| s)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
-        into.extend(state.queue.drain(..));
-        if !into.is_empty() {
-            // Every batch pushed so far is in it (the queue is emptied in order).
-            let last = state.pushed;
-            state.in_flight.push_back((number, last));
+        let (mut held, mut last) = (0, None);
+        while let Some((_, h, _)) = state.queue.front() {
+            if held > 0 && held + h > self.entry_cap() {
+                break;
+            }
+            let (batch, h, ticket) = state.queue.pop_front().expect("looked at");
+            held += h;
+            last = Some(ticket);
+            into.push(batch);
         }
-        into.iter().flat_map(|b| b.iter()).map(Entry::len).sum()
+        if let Some(ticket) = last {
+            state.in_flight.push_back((number, ticket));
+        }
+        held
     }
 
-    /// `bytes` were appended to the stream: room for more.
-    fn sent(&self, bytes: usize) {
+    /// What counts `held` was appended to the stream: room for more.
+    fn sent(&self, held: usize) {
         let mut state = lock(&self.state);
-        state.bytes -= bytes.min(state.bytes);
-        let wake: Vec<usize> = if state.bytes < self.budget {
+        let before = self.held.fetch_sub(held, Ordering::Relaxed);
+        let wake: Vec<usize> = if before - held < self.budget {
             state
                 .stalled
                 .iter_mut()
@@ -320,44 +349,91 @@ fn rand_id() -> u64 {
     h.finish()
 }
 
-/// A connection to Redis, made again with backoff until it works or shutdown begins. `what`
-/// names the thread in log lines; `up` is set once connected.
+/// One thread's faults: each logged once (until the thread gets through again, which is
+/// logged too), every retry after a backoff (50 ms doubling to 2 s), never a tight loop.
+struct Faults {
+    what: &'static str,
+    logged: bool,
+    backoff: Duration,
+}
+
+impl Faults {
+    fn new(what: &'static str) -> Self {
+        Faults {
+            what,
+            logged: false,
+            backoff: BACKOFF.0,
+        }
+    }
+
+    /// Something failed: says so once, marks the thread down, and waits before the retry.
+    /// Returns false if shutdown began meanwhile.
+    fn failed(&mut self, up: &AtomicBool, why: &dyn std::fmt::Display, board: &Board) -> bool {
+        up.store(false, Ordering::Relaxed);
+        if !self.logged {
+            warn!(
+                "cluster: {} {why}; retrying with backoff (clients wait)",
+                self.what
+            );
+            self.logged = true;
+        }
+        let until = std::time::Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF.1);
+        while std::time::Instant::now() < until {
+            if board.shutting_down() {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20).min(self.backoff));
+        }
+        !board.shutting_down()
+    }
+
+    /// A command went through.
+    fn ok(&mut self, up: &AtomicBool, url: &str) {
+        up.store(true, Ordering::Relaxed);
+        self.backoff = BACKOFF.0;
+        if self.logged {
+            info!("cluster: {} gets through to {url} again", self.what);
+            self.logged = false;
+        }
+    }
+}
+
+/// Whether a failed command means the connection is gone (then it is made again) rather
+/// than an answer from a Redis that is there (an error reply: the connection is kept).
+fn connection_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
+}
+
+/// A connection to Redis, made again with backoff until it works or shutdown begins.
 fn connect(
     client: &redis::Client,
     url: &str,
-    what: &str,
     board: &Board,
     up: &AtomicBool,
-    down_logged: &mut bool,
+    faults: &mut Faults,
 ) -> Option<redis::Connection> {
-    let mut backoff = BACKOFF.0;
     while !board.shutting_down() {
-        match client.get_connection_with_timeout(Duration::from_secs(2)) {
-            Ok(con) => {
+        let made = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .and_then(|con| {
                 // A Redis that stops answering (stopped, or a network gone) is found within
                 // a few seconds, not never.
                 let limit = Some(READ_BLOCK + Duration::from_secs(2));
-                if let Err(e) = con
-                    .set_read_timeout(limit)
-                    .and_then(|()| con.set_write_timeout(limit))
-                {
-                    warn!("cluster: {what}: cannot set time-outs on the connection to {url}: {e}");
-                }
-                if *down_logged {
-                    info!("cluster: {what} connected to {url} again");
-                    *down_logged = false;
-                }
+                con.set_read_timeout(limit)?;
+                con.set_write_timeout(limit)?;
+                Ok(con)
+            });
+        match made {
+            Ok(con) => {
                 up.store(true, Ordering::Relaxed);
                 return Some(con);
             }
             Err(e) => {
-                up.store(false, Ordering::Relaxed);
-                if !*down_logged {
-                    warn!("cluster: {what} cannot reach {url}: {e}; retrying with backoff (clients wait)");
-                    *down_logged = true;
+                let why = format!("cannot reach {url}: {e}");
+                if !faults.failed(up, &why, board) {
+                    return None;
                 }
-                thread::sleep(backoff);
-                backoff = (backoff * 2).min(BACKOFF.1);
             }
         }
     }
@@ -377,7 +453,7 @@ fn publish(
     health: &Health,
 ) {
     let mut con: Option<redis::Connection> = None;
-    let mut down_logged = false;
+    let mut faults = Faults::new("publisher");
     let mut batches = Vec::new();
     let mut number = 0u64;
     loop {
@@ -385,14 +461,7 @@ fn publish(
         if con.is_none() {
             // At once, not when there is something to send: `mob_cluster_up` says whether
             // the node reaches Redis now.
-            con = connect(
-                &client,
-                url,
-                "publisher",
-                board,
-                &health.publisher,
-                &mut down_logged,
-            );
+            con = connect(&client, url, board, &health.publisher, &mut faults);
             if con.is_none() {
                 return; // shutting down
             }
@@ -402,7 +471,7 @@ fn publish(
                 return;
             }
         }
-        let bytes = outbox.take(&mut batches, number + 1, READ_BLOCK);
+        let held = outbox.take(&mut batches, number + 1, READ_BLOCK);
         if batches.is_empty() {
             if board.shutting_down() {
                 return;
@@ -414,14 +483,7 @@ fn publish(
         // The same entry until it is in: readers drop a number seen twice.
         loop {
             if con.is_none() {
-                con = connect(
-                    &client,
-                    url,
-                    "publisher",
-                    board,
-                    &health.publisher,
-                    &mut down_logged,
-                );
+                con = connect(&client, url, board, &health.publisher, &mut faults);
                 if con.is_none() {
                     return; // shutting down
                 }
@@ -436,20 +498,22 @@ fn publish(
                 .arg(&payload[..])
                 .query(con.as_mut().expect("connected"));
             match sent {
-                Ok(_) => break,
+                Ok(_) => {
+                    faults.ok(&health.publisher, url);
+                    break;
+                }
                 Err(e) => {
-                    health.publisher.store(false, Ordering::Relaxed);
-                    if !down_logged {
-                        warn!(
-                            "cluster: publishing to {url} failed: {e}; reconnecting (clients wait)"
-                        );
-                        down_logged = true;
+                    if connection_lost(&e) {
+                        con = None;
                     }
-                    con = None;
+                    let why = format!("publishing to {url} failed: {e}");
+                    if !faults.failed(&health.publisher, &why, board) {
+                        return;
+                    }
                 }
             }
         }
-        outbox.sent(bytes);
+        outbox.sent(held);
     }
 }
 
@@ -477,45 +541,62 @@ fn read(
         Some(s) => (Some(s.con), Some(s.from), s.run_id),
         None => (None, None, None),
     };
-    let mut down_logged = false;
+    let mut faults = Faults::new("reader");
     // Per node: the last batch number taken.
     let mut seen: HashMap<u64, u64> = HashMap::new();
+    // Entries this node could not read (another --protocol, another version).
+    let mut unreadable = 0u64;
+    // About how large entries are, to ask for no more than the read budget at once.
+    // (Pessimistic at first: as large as entries get.)
+    let mut typical = outbox.entry_cap();
+    let budget = outbox.entry_cap() * 8;
     while !board.shutting_down() {
         if con.is_none() {
-            let Some(mut c) = connect(
-                &client,
-                url,
-                "reader",
-                board,
-                &health.reader,
-                &mut down_logged,
-            ) else {
+            let Some(mut c) = connect(&client, url, board, &health.reader, &mut faults) else {
                 return;
             };
             match resume_point(&mut c, key, last.as_deref(), &mut run_id, url) {
-                Ok(from) => {
-                    if from == "0-0" && last.is_some() {
-                        // The stream was lost: what this node had in it will not come back.
+                Ok((from, lost)) => {
+                    if lost {
+                        // What this node had in the lost stream will not come back.
                         outbox.give_up_in_flight();
                         order.ring_all();
                     }
                     last = Some(from);
                     health.set_positioned();
+                    con = Some(c);
                 }
                 Err(e) => {
-                    warn!("cluster: reading from {url} failed: {e}; reconnecting");
-                    health.reader.store(false, Ordering::Relaxed);
-                    down_logged = true;
+                    let why = format!("reading from {url} failed: {e}");
+                    if !faults.failed(&health.reader, &why, board) {
+                        return;
+                    }
                     continue;
                 }
             }
-            con = Some(c);
         }
-        order.wait_for_room(READ_BLOCK);
+        // What the loops have not trimmed yet stays under the read budget (and a reply asks
+        // for about that much): the rest waits in Redis, never here, while a node catches up.
+        // While a receiver has much still to be sent (it reads what came before, as when the
+        // node catches up), more waits a little, so a client that reads as fast as it can is
+        // not made a slow consumer by the backlog; one that does not read at all holds the
+        // node back that little each time, until it is one.
+        let since = std::time::Instant::now();
+        loop {
+            let (budget_left, backlog_small) = order.room();
+            if budget_left && (backlog_small || since.elapsed() >= BACKLOG_WAIT) {
+                break;
+            }
+            if board.shutting_down() {
+                return;
+            }
+            order.wait_for_room(Duration::from_millis(20));
+        }
         let from = last.clone().unwrap_or_else(|| "0-0".into());
+        let count = (budget / typical.max(1)).clamp(1, READ_COUNT);
         let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(READ_COUNT)
+            .arg(count)
             .arg("BLOCK")
             .arg(READ_BLOCK.as_millis() as u64)
             .arg("STREAMS")
@@ -523,14 +604,18 @@ fn read(
             .arg(&from)
             .query(con.as_mut().expect("connected"));
         let reply = match reply {
-            Ok(v) => v,
+            Ok(v) => {
+                faults.ok(&health.reader, url);
+                v
+            }
             Err(e) => {
-                health.reader.store(false, Ordering::Relaxed);
-                if !down_logged {
-                    warn!("cluster: reading from {url} failed: {e}; reconnecting (resuming after {from})");
-                    down_logged = true;
+                if connection_lost(&e) {
+                    con = None;
                 }
-                con = None;
+                let why = format!("reading from {url} failed: {e} (resuming after {from})");
+                if !faults.failed(&health.reader, &why, board) {
+                    return;
+                }
                 continue;
             }
         };
@@ -538,10 +623,14 @@ fn read(
         let any = !entries.is_empty();
         for (id, payload) in entries {
             last = Some(id);
+            typical = (typical * 7 + payload.len()) / 8;
             let decoded = match codec::decode(payload, me, protocol) {
                 Ok(d) => d,
                 Err(e) => {
-                    warn!("cluster: skipping an entry of stream {key} this node cannot read: {e}");
+                    unreadable += 1;
+                    if unreadable.is_power_of_two() {
+                        warn!("cluster: skipping entries of stream {key} this node cannot read ({unreadable} so far): {e}");
+                    }
                     continue;
                 }
             };
@@ -590,24 +679,34 @@ fn start_point(client: &redis::Client, key: &str, url: &str) -> Option<Start> {
     let mut con = client
         .get_connection_with_timeout(Duration::from_secs(1))
         .ok()?;
-    let limit = Some(READ_BLOCK + Duration::from_secs(2));
+    let limit = Some(Duration::from_secs(1));
     con.set_read_timeout(limit).ok()?;
     con.set_write_timeout(limit).ok()?;
     let mut run_id = None;
-    let from = resume_point(&mut con, key, None, &mut run_id, url).ok()?;
+    let (from, _) = resume_point(&mut con, key, None, &mut run_id, url).ok()?;
+    let limit = Some(READ_BLOCK + Duration::from_secs(2));
+    con.set_read_timeout(limit).ok()?;
     Some(Start { con, from, run_id })
 }
 
-/// After (re)connecting: where to read from. The first time, the stream's end. Later, the
-/// last id read, unless Redis lost the stream (restarted without its data): then that is
-/// logged and the new stream is read from its start.
+/// A stream id as (milliseconds, sequence), for comparing.
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// After (re)connecting: where to read from, and whether the stream was lost. The first
+/// time, the stream's end. Later, the last id read, unless Redis restarted without it: then
+/// that is logged, and the stream is read from its start if it is empty, after its newest
+/// entry if that is older than the last id read (what is left is old), else after the last id
+/// read (what was added since the restart is newer).
 fn resume_point(
     con: &mut redis::Connection,
     key: &str,
     last: Option<&str>,
     run_id: &mut Option<String>,
     url: &str,
-) -> redis::RedisResult<String> {
+) -> redis::RedisResult<(String, bool)> {
     let info: String = redis::cmd("INFO").arg("server").query(con)?;
     let id = info
         .lines()
@@ -624,21 +723,27 @@ fn resume_point(
         .query(con)?;
     let end = stream_ids(newest).into_iter().next();
     let Some(last) = last else {
-        return Ok(end.unwrap_or_else(|| "0-0".into()));
+        return Ok((end.unwrap_or_else(|| "0-0".into()), false));
     };
-    if restarted {
-        let still: Value = redis::cmd("XRANGE")
-            .arg(key)
-            .arg(last)
-            .arg(last)
-            .query(con)?;
-        if stream_ids(still).is_empty() {
-            warn!("cluster: Redis at {url} restarted without the stream's data: messages not yet read are lost; going on with new ones");
-            return Ok("0-0".into());
-        }
-        info!("cluster: Redis at {url} restarted with the stream's data; reading on after {last}");
+    if !restarted || last == "0-0" {
+        return Ok((last.to_string(), false));
     }
-    Ok(last.to_string())
+    let still: Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(last)
+        .arg(last)
+        .query(con)?;
+    if !stream_ids(still).is_empty() {
+        info!("cluster: Redis at {url} restarted with the stream's data; reading on after {last}");
+        return Ok((last.to_string(), false));
+    }
+    warn!("cluster: Redis at {url} restarted without the stream's data: messages not yet read are lost; going on with new ones");
+    let from = match end {
+        None => "0-0".to_string(),
+        Some(end) if id_key(&end) < id_key(last) => end,
+        Some(_) => last.to_string(),
+    };
+    Ok((from, true))
 }
 
 /// The ids of an `XRANGE`-style reply.

@@ -289,7 +289,8 @@ impl EventLoop {
                 self.close_pending(now);
                 if self.fanout.trimmed_at() != self.reported_trim {
                     self.reported_trim = self.fanout.trimmed_at();
-                    self.sequencer.trimmed(self.reported_trim);
+                    self.sequencer
+                        .trimmed(self.reported_trim, self.fanout.backlog());
                 }
             }
             self.housekeeping(now);
@@ -792,6 +793,10 @@ impl EventLoop {
                     } else {
                         conn.eof_at = Some(u64::MAX);
                         self.unsettled.push((key, conn.id, conn.last_ticket));
+                        // Not for ever: its last messages may never come back (a Redis
+                        // that lost them); then it is owed what is here.
+                        self.side_deadlines
+                            .push_back((now + web::SIDE_TIMEOUT, key, conn.id));
                     }
                     debug!(peer = %conn.peer, "client closed its sending side");
                 }
@@ -807,6 +812,10 @@ impl EventLoop {
                     } else {
                         conn.eof_at = Some(u64::MAX);
                         self.unsettled.push((key, conn.id, conn.last_ticket));
+                        // Not for ever: its last messages may never come back (a Redis
+                        // that lost them); then it is owed what is here.
+                        self.side_deadlines
+                            .push_back((now + web::SIDE_TIMEOUT, key, conn.id));
                     }
                     if reason.is_failure() {
                         // Logged now: however the connection ends later (a time-out, a slow
@@ -1030,6 +1039,11 @@ impl EventLoop {
             } else if matches!(&conn.transport, Transport::Auth(wait) if wait.deadline <= now) {
                 self.closing
                     .push((key, DisconnectReason::Auth(AuthFailure::NoToken)));
+            } else if conn.eof_at == Some(u64::MAX) {
+                // Its last messages did not come back in time: owed what is here.
+                conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+                self.unsettled.retain(|&(k, i, _)| (k, i) != (key, id));
+                self.fanout.wake(key, conn);
             } else if conn.end_by.is_some_and(|by| by <= now) {
                 // A WebSocket client that closed and has not taken what it was owed since.
                 self.closing.push((key, DisconnectReason::HttpTimeout));

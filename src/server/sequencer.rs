@@ -55,7 +55,8 @@ impl Sequencer {
         if let Sequencer::Cluster(member, outbox) = self {
             let mut ticket = 0;
             if !batch.is_empty() && !member.order.board.shutting_down() {
-                ticket = outbox.push(member.me, Arc::from(batch.as_slice()));
+                let held = batch.iter().map(|e| log.held_for(e.len())).sum();
+                ticket = outbox.push(member.me, Arc::from(batch.as_slice()), held);
             }
             batch.clear();
             member.catch_up(log);
@@ -116,9 +117,11 @@ impl Sequencer {
 
     /// This loop's log was trimmed; `trimmed_held` is its [`Log::appended_held`] then: the
     /// input it no longer holds back.
-    pub fn trimmed(&mut self, trimmed_held: u64) {
+    /// `backlog` is about what the slowest of the loop's receivers still had to be sent
+    /// then ([`Fanout::backlog`](super::fanout::Fanout::backlog)).
+    pub fn trimmed(&mut self, trimmed_held: u64, backlog: usize) {
         if let Sequencer::Shared(member) | Sequencer::Cluster(member, _) = self {
-            member.trimmed(trimmed_held);
+            member.trimmed(trimmed_held, backlog);
         }
     }
 
@@ -127,9 +130,15 @@ impl Sequencer {
     pub fn pressure(&self) -> usize {
         match self {
             Sequencer::Alone => 0,
-            Sequencer::Shared(member) | Sequencer::Cluster(member, _) => {
-                member.order.pressure.0.load(Ordering::Relaxed)
-            }
+            Sequencer::Shared(member) => member.order.pressure.0.load(Ordering::Relaxed),
+            // Input waiting to be published counts too: while Redis is slow or unreachable
+            // the loops stop reading (and are woken when the publisher has made room).
+            Sequencer::Cluster(member, outbox) => member
+                .order
+                .pressure
+                .0
+                .load(Ordering::Relaxed)
+                .max(outbox.held()),
         }
     }
 
@@ -175,6 +184,8 @@ struct OrderState {
     trimmed_at: Vec<u64>,
     /// Loops waiting for the pressure to drop below the read budget.
     stalled: Vec<bool>,
+    /// Per loop: about what its slowest receiver had still to be sent at its last trim.
+    backlog: Vec<usize>,
 }
 
 impl OrderState {
@@ -214,6 +225,7 @@ impl Order {
                 sequenced_held: 0,
                 trimmed_at: vec![0; n],
                 stalled: vec![false; n],
+                backlog: vec![0; n],
             }),
             pressure: CacheLine(AtomicUsize::new(0)),
             read_budget,
@@ -255,16 +267,30 @@ impl Order {
         }
     }
 
-    /// Waits (up to `at_most`) while the input the loops have not trimmed yet counts the read
-    /// budget: the cluster's reader leaves the rest in the backplane meanwhile.
+    /// For the cluster's reader: whether the input the loops have not trimmed yet is under
+    /// the read budget (it must be: what a node catches up on waits in Redis, not here), and
+    /// whether every loop's slowest receiver had less than twice that still to be sent at
+    /// its last trim (when it has more, posting more at once would make a slow consumer of a
+    /// client that reads as fast as it can while the node catches up).
+    pub fn room(&self) -> (bool, bool) {
+        let state = lock(&self.state);
+        self.room_in(&state)
+    }
+
+    fn room_in(&self, state: &OrderState) -> (bool, bool) {
+        let backlog = state.backlog.iter().copied().max().unwrap_or(0);
+        (
+            state.pressure() < self.read_budget,
+            backlog < 2 * self.read_budget,
+        )
+    }
+
+    /// Waits (up to `at_most`) until a trim leaves [`room`](Self::room) of both kinds.
     pub fn wait_for_room(&self, at_most: std::time::Duration) {
         let state = lock(&self.state);
-        if state.pressure() < self.read_budget {
-            return;
-        }
         let _ = self
             .relief
-            .wait_timeout_while(state, at_most, |s| s.pressure() >= self.read_budget);
+            .wait_timeout_while(state, at_most, |s| self.room_in(s) != (true, true));
     }
 
     /// The sequencer of loop `me` of a cluster node: its input goes to `outbox`.
@@ -290,8 +316,8 @@ impl Order {
         let pressure = state.pressure();
         self.pressure.0.store(pressure, Ordering::Relaxed);
         let mut wake = Vec::new();
+        self.relief.notify_all();
         if pressure < self.read_budget {
-            self.relief.notify_all();
             for (i, stalled) in state.stalled.iter_mut().enumerate() {
                 if std::mem::take(stalled) {
                     wake.push(i);
@@ -365,9 +391,10 @@ impl Member {
         append(taken, log);
     }
 
-    fn trimmed(&mut self, trimmed_held: u64) {
+    fn trimmed(&mut self, trimmed_held: u64, backlog: usize) {
         let mut state = lock(&self.order.state);
         state.trimmed_at[self.me] = trimmed_held;
+        state.backlog[self.me] = backlog;
         let wake = self.order.relieve(&mut state);
         drop(state);
         for i in wake {
@@ -397,6 +424,7 @@ impl Drop for Member {
         let mut state = lock(&self.order.state);
         state.next[self.me] = u64::MAX;
         state.trimmed_at[self.me] = u64::MAX;
+        state.backlog[self.me] = 0;
         state.stalled[self.me] = false;
         state.release();
         let wake = self.order.relieve(&mut state);
