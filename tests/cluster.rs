@@ -443,7 +443,7 @@ fn a_node_that_falls_behind_what_the_stream_keeps_logs_the_gap_and_goes_on() {
 /// round's worth waits to be published (README, "Redis unreachable"). It reads on without
 /// bound: the outbox is never counted against the read budget.
 #[test]
-fn review_unreachable_redis_stops_client_input() {
+fn an_unreachable_redis_stops_client_input_and_the_node_does_not_grow() {
     use std::io::Write;
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -476,7 +476,7 @@ fn review_unreachable_redis_stops_client_input() {
 /// Review reproduction: one entry should hold about a round's worth of input (the outbox's
 /// budget, `--max-pending / 4` = 2 MiB by default); it holds whatever the outbox gathered.
 #[test]
-fn review_stream_entries_stay_near_the_round_budget() {
+fn stream_entries_stay_near_the_round_budget() {
     use std::io::Write;
     let Some(redis) = Redis::start() else { return };
     let n = node(&redis, &[]);
