@@ -76,6 +76,8 @@ pub struct ServerConfig {
     /// Clients must present this token before they join (`--auth-token-file`); `None`: no
     /// authentication.
     pub auth_token: Option<crate::auth::Token>,
+    /// With a Redis backplane: several nodes serve one broadcast in one order.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Serve TLS on the listener and the HTTP listener with this certificate and key; `None`
     /// serves plain TCP.
     pub tls: Option<TlsFiles>,
@@ -108,6 +110,7 @@ impl Default for ServerConfig {
             metrics: None,
             history: 0,
             auth_token: None,
+            cluster: None,
             tls: None,
         }
     }
@@ -160,6 +163,9 @@ impl ServerConfig {
         }
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err("--idle-timeout must be above 0 (leave it out to turn it off)".into());
+        }
+        if self.cluster.as_ref().is_some_and(|c| c.keep == 0) {
+            return Err("--cluster-keep must be at least 1".into());
         }
         Ok(())
     }

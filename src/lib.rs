@@ -53,6 +53,7 @@ pub mod auth;
 pub mod bench;
 pub mod chat;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod protocol;
 pub mod server;

@@ -30,7 +30,7 @@ enum Command {
     // A flag given twice takes the last: the values of --config come first, so the command
     // line overrides them.
     #[command(args_override_self = true)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Interactive client: stdin lines go to the server, messages received go to stdout.
     Chat(ChatArgs),
     /// Load generator: publishers and subscribers against mob, Redis, NATS or a WebSocket
@@ -91,6 +91,17 @@ struct ServeArgs {
     /// Authorization: Bearer (off by default).
     #[arg(long, value_name = "PATH")]
     auth_token_file: Option<std::path::PathBuf>,
+    /// Join a cluster: every node with the same Redis and channel serves one broadcast in one
+    /// order (off by default).
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    cluster: Option<String>,
+    /// The cluster's channel (the Redis stream's name).
+    #[arg(long, default_value = "mob", value_name = "NAME")]
+    cluster_channel: String,
+    /// About how many entries the cluster's stream keeps: a node that falls further behind
+    /// (stopped, or cut off from Redis) misses the oldest (logged as a gap).
+    #[arg(long, default_value_t = mob::cluster::STREAM_LENGTH, value_name = "ENTRIES")]
+    cluster_keep: usize,
     /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -211,7 +222,7 @@ fn main() -> ExitCode {
     };
     init_logging(format);
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Chat(args) => chat(args),
         Command::Bench(args) => bench(args),
     };
@@ -282,6 +293,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allowed_origins: args.allowed_origins,
         metrics: args.metrics,
         history: args.history,
+        cluster: args.cluster.map(|url| mob::cluster::ClusterConfig {
+            url,
+            channel: args.cluster_channel,
+            keep: args.cluster_keep,
+        }),
         auth_token: args
             .auth_token_file
             .as_deref()

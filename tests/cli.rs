@@ -276,12 +276,15 @@ fn the_example_config_file_covers_every_flag_and_works() {
         assert!(named, "dist/mob.toml does not name --{flag}");
     }
     // And the values of the lines left commented out are good too (on free ports); not the
-    // TLS files, which are not on this machine (tests/tls.rs starts servers with real ones).
+    // TLS files, which are not on this machine (tests/tls.rs starts servers with real ones),
+    // nor the cluster's Redis (tests/cluster.rs starts its own).
     let uncommented: String = text
         .lines()
         .map(|l| {
             l.strip_prefix("# ")
-                .filter(|l| l.contains(" = ") && !l.starts_with("tls-"))
+                .filter(|l| {
+                    l.contains(" = ") && !l.starts_with("tls-") && !l.starts_with("cluster ")
+                })
                 .unwrap_or(l)
         })
         .map(|l| format!("{l}\n"))

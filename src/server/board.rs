@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use mio::net::TcpStream;
 use mio::Waker;
@@ -59,6 +59,8 @@ pub struct Board {
     wakes: AtomicU64,
     /// Each loop's counters as last published for `--metrics`.
     published: Vec<Published>,
+    /// With `--cluster`: whether the node is connected to the backplane (`mob_cluster_up`).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Health>>,
 }
 
 impl Board {
@@ -80,6 +82,7 @@ impl Board {
             shutdown: AtomicBool::new(false),
             wakes: AtomicU64::new(0),
             published: (0..n).map(|_| Published::default()).collect(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 

@@ -133,8 +133,12 @@ pub struct Connection {
     /// Whether WRITABLE is part of the registered interest (only while blocked, so a caught-up
     /// receiver costs no wake-ups).
     pub wants_writable: bool,
-    /// Set when the client closed its side: close once it has been sent the log up to here.
+    /// Set when the client closed its side: close once it has been sent the log up to here
+    /// (`u64::MAX` while its last messages are on their way into the order: see
+    /// `Sequencer::settled`).
     pub eof_at: Option<u64>,
+    /// The sequencer's ticket for this client's last batch of messages.
+    pub last_ticket: u64,
     /// During shutdown: our sending side is closed (all was sent); waiting for the client's EOF.
     pub write_shut: bool,
     /// Whether the token is in the loop's queue of connections with input left to read.
@@ -179,6 +183,7 @@ impl Connection {
             blocked: false,
             wants_writable: false,
             eof_at: None,
+            last_ticket: 0,
             write_shut: false,
             queued: false,
             woken: false,

@@ -110,6 +110,9 @@ pub struct EventLoop {
     read_stalled: bool,
     /// The last trim told to the sequencer ([`Fanout::trimmed_at`]).
     reported_trim: u64,
+    /// Clients whose input ended, waiting for their last messages to be in the order:
+    /// (key, id, ticket); see `settle_ends`.
+    unsettled: Vec<(usize, u64, u64)>,
     /// Connections to close at the end of the current step, with the reason. Drained before
     /// anything is accepted, so a key here still names the connection it was pushed for.
     closing: Vec<(usize, DisconnectReason)>,
@@ -218,6 +221,7 @@ impl EventLoop {
             read_queue: VecDeque::new(),
             read_stalled: false,
             reported_trim: 0,
+            unsettled: Vec::new(),
             closing: Vec::new(),
             arrivals: Vec::new(),
             next_id: index as u64,
@@ -285,7 +289,8 @@ impl EventLoop {
                 self.close_pending(now);
                 if self.fanout.trimmed_at() != self.reported_trim {
                     self.reported_trim = self.fanout.trimmed_at();
-                    self.sequencer.trimmed(self.reported_trim);
+                    self.sequencer
+                        .trimmed(self.reported_trim, self.fanout.backlog());
                 }
             }
             self.housekeeping(now);
@@ -315,6 +320,9 @@ impl EventLoop {
             self.begin_shutdown(now, "shutdown requested");
         }
         self.sequencer.catch_up(&mut self.fanout.log);
+        if !self.unsettled.is_empty() {
+            self.settle_ends();
+        }
     }
 
     /// Takes in the connections the acceptor handed to this loop.
@@ -766,8 +774,10 @@ impl EventLoop {
             };
             // What was read before an error or the end is relayed all the same.
             let read = self.bufs.batch.len();
-            self.sequencer
+            let ticket = self
+                .sequencer
                 .sequence(&mut self.bufs.batch, &mut self.fanout.log);
+            conn.last_ticket = conn.last_ticket.max(ticket);
             self.bufs.shrink(read);
             if conn.has_ctrl() {
                 // A pong, or what the TLS session wants sent (its handshake) that the socket
@@ -779,9 +789,19 @@ impl EventLoop {
                 Ok(Input::Drained) => conn.queued = false,
                 Ok(Input::Eof) => {
                     conn.queued = false;
-                    // Owed what was sequenced before its end, on any loop.
-                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
-                    self.fanout.wake(key, conn);
+                    // Owed what was sequenced before its end, on any loop (in a cluster, once
+                    // its own last messages are in the order).
+                    if self.sequencer.settled(conn.last_ticket) {
+                        conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+                        self.fanout.wake(key, conn);
+                    } else {
+                        conn.eof_at = Some(u64::MAX);
+                        self.unsettled.push((key, conn.id, conn.last_ticket));
+                        // Not for ever: its last messages may never come back (a Redis
+                        // that lost them); then it is owed what is here.
+                        self.side_deadlines
+                            .push_back((now + web::SIDE_TIMEOUT, key, conn.id));
+                    }
                     debug!(peer = %conn.peer, "client closed its sending side");
                 }
                 Err(reason) if web::close_frame_for(&reason).is_some() && !draining => {
@@ -790,7 +810,17 @@ impl EventLoop {
                     // the close frame; all within the side deadline (it may not be idle, but
                     // it must not hold its backlog for ever by never reading it).
                     conn.queued = false;
-                    conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+                    if self.sequencer.settled(conn.last_ticket) {
+                        conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+                        self.fanout.wake(key, conn);
+                    } else {
+                        conn.eof_at = Some(u64::MAX);
+                        self.unsettled.push((key, conn.id, conn.last_ticket));
+                        // Not for ever: its last messages may never come back (a Redis
+                        // that lost them); then it is owed what is here.
+                        self.side_deadlines
+                            .push_back((now + web::SIDE_TIMEOUT, key, conn.id));
+                    }
                     if reason.is_failure() {
                         // Logged now: however the connection ends later (a time-out, a slow
                         // consumer, a reset), the fault is what the operator needs to see.
@@ -802,13 +832,37 @@ impl EventLoop {
                     let by = now + web::SIDE_TIMEOUT;
                     conn.end_by = Some(by);
                     self.side_deadlines.push_back((by, key, conn.id));
-                    self.fanout.wake(key, conn);
                 }
                 Err(reason) => {
                     conn.queued = false;
                     self.closing.push((key, reason));
                 }
             }
+        }
+        if !self.unsettled.is_empty() {
+            self.settle_ends();
+        }
+    }
+
+    /// Clients whose input ended wait for their last messages to be in the order (at once,
+    /// but in a cluster until they came back from the backplane); then they are owed up to
+    /// where the order ends, and visited.
+    fn settle_ends(&mut self) {
+        let mut i = 0;
+        while i < self.unsettled.len() {
+            let (key, id, ticket) = self.unsettled[i];
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+                self.unsettled.swap_remove(i);
+                continue;
+            };
+            let draining = self.shutdown_deadline.is_some();
+            if !self.sequencer.settled(ticket) && !draining {
+                i += 1;
+                continue;
+            }
+            self.unsettled.swap_remove(i);
+            conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+            self.fanout.wake(key, conn);
         }
     }
 
@@ -999,6 +1053,11 @@ impl EventLoop {
                     DisconnectReason::Auth(AuthFailure::NoToken)
                 };
                 self.closing.push((key, reason));
+            } else if conn.eof_at == Some(u64::MAX) {
+                // Its last messages did not come back in time: owed what is here.
+                conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
+                self.unsettled.retain(|&(k, i, _)| (k, i) != (key, id));
+                self.fanout.wake(key, conn);
             } else if conn.end_by.is_some_and(|by| by <= now) {
                 // A WebSocket client that closed and has not taken what it was owed since.
                 self.closing.push((key, DisconnectReason::HttpTimeout));
@@ -1050,6 +1109,8 @@ impl EventLoop {
         // Everyone is visited once more: those sent all are half-closed at once.
         self.fanout.visit_all_soon();
         self.shutdown_deadline = Some(later(now, self.config.shutdown_timeout));
+        // Those waiting for their last messages to come back get what is here.
+        self.settle_ends();
     }
 
     /// During shutdown: done once every client has been sent all it was owed and has closed

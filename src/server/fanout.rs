@@ -139,6 +139,8 @@ pub struct Fanout {
     /// `--history`: the log keeps this many messages after everyone has been sent them, and a
     /// receiver that joins is sent them first.
     history: u64,
+    /// The oldest message a receiver still needed at the last full round's end.
+    oldest_needed: u64,
 }
 
 impl Fanout {
@@ -160,7 +162,20 @@ impl Fanout {
             dropped: 0,
             bytes_out: 0,
             history: 0,
+            oldest_needed: 0,
         }
+    }
+
+    /// About what the slowest receiver had still to be sent at the last full round's end, as
+    /// `--max-pending` counts it (the messages it needed, at the log's average; history
+    /// everyone was sent does not count).
+    pub fn backlog(&self) -> usize {
+        let owed = self.log.end_seq().saturating_sub(self.oldest_needed);
+        let messages = self.log.end_seq() - self.log.first_seq();
+        let each = self.held() / usize::try_from(messages).unwrap_or(usize::MAX).max(1);
+        usize::try_from(owed)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(each)
     }
 
     /// Keeps the last `history` messages for receivers that join (`--history`).
@@ -424,6 +439,7 @@ impl Fanout {
     ) {
         let Some(round) = &self.round else { return };
         let needed = round.trim_point(self.log.end_seq()).min(policy.join_floor);
+        self.oldest_needed = needed;
         // The last `--history` messages stay for those who join, in at most half of
         // --max-pending: a joiner sent them from the oldest keeps room to fall behind.
         let history_from = self.log.end_seq().saturating_sub(self.history);

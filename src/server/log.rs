@@ -69,6 +69,11 @@ impl Entry {
         })
     }
 
+    /// The origin and, in the top bit, the binary flag, as one word (the cluster's codec).
+    pub fn meta(&self) -> u64 {
+        self.meta
+    }
+
     /// The connection id of the sender.
     pub fn origin(&self) -> u64 {
         self.meta & !BINARY

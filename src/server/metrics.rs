@@ -109,7 +109,7 @@ impl Published {
 }
 
 /// The OpenMetrics text of all loops' published counters, and the open connections.
-pub fn render(loops: &[Published], open: usize) -> String {
+pub fn render(loops: &[Published], open: usize, cluster_up: Option<bool>) -> String {
     let mut all = Counts::default();
     for slot in loops {
         let c = slot.load();
@@ -188,6 +188,13 @@ pub fn render(loops: &[Published], open: usize) -> String {
         "Bytes the loops' logs hold for receivers that are behind, as --max-pending counts them",
         gauge(all.log_bytes),
     );
+    if let Some(up) = cluster_up {
+        registry.register(
+            "mob_cluster_up",
+            "1 while this node reaches the cluster's Redis (publishing and reading), else 0",
+            gauge(u64::from(up)),
+        );
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
@@ -410,7 +417,11 @@ fn answer(head: &[u8], board: &Board) -> Vec<u8> {
         "/metrics" => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(board.published(), board.open()),
+            render(
+                board.published(),
+                board.open(),
+                board.cluster.get().map(|h| h.up()),
+            ),
         ),
         "/healthz" => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
         _ => (
@@ -450,7 +461,7 @@ mod tests {
         };
         b.disconnected("protocol");
         loops[1].store(&b);
-        let text = render(&loops, 4);
+        let text = render(&loops, 4, None);
         for line in [
             "mob_connections 4",
             "mob_connections_accepted_total 5",

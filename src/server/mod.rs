@@ -35,6 +35,7 @@ use std::thread;
 
 use tracing::{debug, error, info, warn};
 
+use crate::cluster::{Backplane, Health, Outbox};
 use crate::config::ServerConfig;
 use crate::sys;
 pub use board::Board;
@@ -161,6 +162,8 @@ pub struct Server {
     metrics: Option<mio::net::TcpListener>,
     metrics_addr: Option<SocketAddr>,
     config: Arc<ServerConfig>,
+    /// With `--cluster`: the order the backplane's reader posts to, and the loops' outbox.
+    cluster: Option<(Arc<Order>, Arc<Outbox>)>,
 }
 
 impl Server {
@@ -235,15 +238,21 @@ impl Server {
             wakers.push(waker);
         }
         let board = Arc::new(Board::new(wakers));
-        let order = (config.threads > 1)
+        // A cluster node orders what comes back from the backplane, with one loop too.
+        let order = (config.threads > 1 || config.cluster.is_some())
             .then(|| Order::new(Arc::clone(&board), round_input_budget(&config)));
+        let outbox = config
+            .cluster
+            .as_ref()
+            .map(|_| Outbox::new(Arc::clone(&board), round_input_budget(&config)));
         let config = Arc::new(config);
         let mut listener = Some(listener);
         let mut loops = Vec::with_capacity(config.threads);
         for (index, setup) in setups.into_iter().enumerate() {
-            let sequencer = match &order {
-                Some(order) => order.member(index),
-                None => Sequencer::Alone,
+            let sequencer = match (&order, &outbox) {
+                (Some(order), Some(outbox)) => order.cluster_member(index, Arc::clone(outbox)),
+                (Some(order), None) => order.member(index),
+                (None, _) => Sequencer::Alone,
             };
             loops.push(EventLoop::new(
                 index,
@@ -262,6 +271,7 @@ impl Server {
             http_addr,
             metrics,
             metrics_addr,
+            cluster: order.zip(outbox),
             config,
         })
     }
@@ -341,6 +351,31 @@ impl Server {
                 }
                 None => None,
             };
+        let backplane = match (&self.config.cluster, &self.cluster) {
+            (Some(cluster), Some((order, outbox))) => {
+                let overhead = log::entry_overhead(c.threads);
+                let health = Arc::new(Health::default());
+                let _ = self.board.cluster.set(Arc::clone(&health));
+                let started = Backplane::start(
+                    cluster,
+                    c.protocol,
+                    Arc::clone(order),
+                    Arc::clone(outbox),
+                    Arc::clone(&self.board),
+                    move |len| log::counted(len, overhead),
+                    health,
+                );
+                match started {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        failure = Some(ServerError::Config(e));
+                        self.board.request_shutdown();
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         for event_loop in loops {
             let index = threads.len() + 1;
             let board = Arc::clone(&self.board);
@@ -371,6 +406,10 @@ impl Server {
                     failure.get_or_insert(e);
                 }
             }
+        }
+        if let Some(backplane) = backplane {
+            // The shutdown flag is set: both threads stop within one blocking read.
+            backplane.join();
         }
         if let Some((stop, handle)) = metrics {
             // It never blocks on a scraper: woken, it returns at once.

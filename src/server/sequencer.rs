@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use super::board::{lock, Board};
 use super::log::{Entry, Log};
+use crate::cluster::Outbox;
 
 /// Gives each loop's input its place in the one order (see the module documentation).
 #[derive(Debug)]
@@ -40,12 +41,27 @@ pub enum Sequencer {
     Alone,
     /// One of several loops sharing an [`Order`].
     Shared(Member),
+    /// A node of a cluster: input goes to the backplane (`outbox`); what comes back from it
+    /// is posted to the [`Order`] by the backplane's reader, and taken like other loops' batches.
+    Cluster(Member, Arc<Outbox>),
 }
 
 impl Sequencer {
     /// Gives every message of `batch` (emptied) its place at the end of the order, and brings
-    /// `log` up to it: the messages others sequenced before, then these.
-    pub fn sequence(&mut self, batch: &mut Vec<Entry>, log: &mut Log) {
+    /// `log` up to it: the messages others sequenced before, then these. Returns a ticket that
+    /// [`settled`](Self::settled) says is in the order: at once, but in a cluster only once
+    /// the batch came back from the backplane.
+    pub fn sequence(&mut self, batch: &mut Vec<Entry>, log: &mut Log) -> u64 {
+        if let Sequencer::Cluster(member, outbox) = self {
+            let mut ticket = 0;
+            if !batch.is_empty() && !member.order.board.shutting_down() {
+                let held = batch.iter().map(|e| log.held_for(e.len())).sum();
+                ticket = outbox.push(member.me, Arc::from(batch.as_slice()), held);
+            }
+            batch.clear();
+            member.catch_up(log);
+            return ticket;
+        }
         match self {
             Sequencer::Alone => {
                 for entry in batch.drain(..) {
@@ -53,12 +69,23 @@ impl Sequencer {
                 }
             }
             Sequencer::Shared(member) => member.sequence(batch, log),
+            Sequencer::Cluster(..) => unreachable!("handled above"),
+        }
+        0
+    }
+
+    /// Whether what was sequenced with `ticket` is in the order (so a client that sent it and
+    /// closed is owed up to where the order ends now, its own last messages included).
+    pub fn settled(&self, ticket: u64) -> bool {
+        match self {
+            Sequencer::Cluster(_, outbox) => outbox.returned() >= ticket,
+            _ => true,
         }
     }
 
     /// Appends to `log` what other loops sequenced since this loop last looked.
     pub fn catch_up(&mut self, log: &mut Log) {
-        if let Sequencer::Shared(member) = self {
+        if let Sequencer::Shared(member) | Sequencer::Cluster(member, _) = self {
             member.catch_up(log);
         }
     }
@@ -76,7 +103,7 @@ impl Sequencer {
                 }
                 end
             }
-            Sequencer::Shared(member) => {
+            Sequencer::Shared(member) | Sequencer::Cluster(member, _) => {
                 // Under the lock, so no loop takes a batch past this point before the floor
                 // is lowered: its trim after taking it sees the floor.
                 let state = lock(&member.order.state);
@@ -90,9 +117,11 @@ impl Sequencer {
 
     /// This loop's log was trimmed; `trimmed_held` is its [`Log::appended_held`] then: the
     /// input it no longer holds back.
-    pub fn trimmed(&mut self, trimmed_held: u64) {
-        if let Sequencer::Shared(member) = self {
-            member.trimmed(trimmed_held);
+    /// `backlog` is about what the slowest of the loop's receivers still had to be sent
+    /// then ([`Fanout::backlog`](super::fanout::Fanout::backlog)).
+    pub fn trimmed(&mut self, trimmed_held: u64, backlog: usize) {
+        if let Sequencer::Shared(member) | Sequencer::Cluster(member, _) = self {
+            member.trimmed(trimmed_held, backlog);
         }
     }
 
@@ -102,6 +131,14 @@ impl Sequencer {
         match self {
             Sequencer::Alone => 0,
             Sequencer::Shared(member) => member.order.pressure.0.load(Ordering::Relaxed),
+            // Input waiting to be published counts too: while Redis is slow or unreachable
+            // the loops stop reading (and are woken when the publisher has made room).
+            Sequencer::Cluster(member, outbox) => member
+                .order
+                .pressure
+                .0
+                .load(Ordering::Relaxed)
+                .max(outbox.held()),
         }
     }
 
@@ -111,6 +148,9 @@ impl Sequencer {
         match self {
             Sequencer::Alone => false,
             Sequencer::Shared(member) => member.stall(),
+            // Held back by input not trimmed yet, or by input not published yet (the
+            // backplane is slow or unreachable: the input waits in the clients' sockets).
+            Sequencer::Cluster(member, outbox) => member.stall() || outbox.stall(member.me),
         }
     }
 }
@@ -124,6 +164,8 @@ pub struct Order {
     pressure: CacheLine<AtomicUsize>,
     /// At this pressure, loops stop reading until the slowest loop has trimmed its log.
     read_budget: usize,
+    /// Signalled when a trim relieves the pressure (for the cluster's reader).
+    relief: std::sync::Condvar,
     board: Arc<Board>,
 }
 
@@ -142,6 +184,8 @@ struct OrderState {
     trimmed_at: Vec<u64>,
     /// Loops waiting for the pressure to drop below the read budget.
     stalled: Vec<bool>,
+    /// Per loop: about what its slowest receiver had still to be sent at its last trim.
+    backlog: Vec<usize>,
 }
 
 impl OrderState {
@@ -181,9 +225,11 @@ impl Order {
                 sequenced_held: 0,
                 trimmed_at: vec![0; n],
                 stalled: vec![false; n],
+                backlog: vec![0; n],
             }),
             pressure: CacheLine(AtomicUsize::new(0)),
             read_budget,
+            relief: std::sync::Condvar::new(),
             board,
         })
     }
@@ -197,6 +243,68 @@ impl Order {
         })
     }
 
+    /// Posts a batch from outside the loops (the cluster's reader: what came back from the
+    /// backplane) at the end of the order; [`ring_all`](Self::ring_all) then wakes the loops.
+    /// Not after shutdown began (the loops have taken their last).
+    pub fn post(&self, entries: Arc<[Entry]>, held: u64) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut state = lock(&self.state);
+        if self.board.shutting_down() {
+            return;
+        }
+        state.end += entries.len() as u64;
+        state.sequenced_held += held;
+        state.posted.push_back(entries);
+        self.pressure.0.store(state.pressure(), Ordering::Relaxed);
+    }
+
+    /// Wakes every loop (after [`post`](Self::post)s).
+    pub fn ring_all(&self) {
+        for i in 0..self.board.loops() {
+            self.board.ring(i);
+        }
+    }
+
+    /// For the cluster's reader: whether the input the loops have not trimmed yet is under
+    /// the read budget (it must be: what a node catches up on waits in Redis, not here), and
+    /// whether every loop's slowest receiver had less than twice that still to be sent at
+    /// its last trim (when it has more, posting more at once would make a slow consumer of a
+    /// client that reads as fast as it can while the node catches up).
+    pub fn room(&self) -> (bool, bool) {
+        let state = lock(&self.state);
+        self.room_in(&state)
+    }
+
+    fn room_in(&self, state: &OrderState) -> (bool, bool) {
+        let backlog = state.backlog.iter().copied().max().unwrap_or(0);
+        (
+            state.pressure() < self.read_budget,
+            backlog < 2 * self.read_budget,
+        )
+    }
+
+    /// Waits (up to `at_most`) until a trim leaves [`room`](Self::room) of both kinds.
+    pub fn wait_for_room(&self, at_most: std::time::Duration) {
+        let state = lock(&self.state);
+        let _ = self
+            .relief
+            .wait_timeout_while(state, at_most, |s| self.room_in(s) != (true, true));
+    }
+
+    /// The sequencer of loop `me` of a cluster node: its input goes to `outbox`.
+    pub fn cluster_member(self: &Arc<Order>, me: usize, outbox: Arc<Outbox>) -> Sequencer {
+        Sequencer::Cluster(
+            Member {
+                order: Arc::clone(self),
+                me,
+                taken: Vec::new(),
+            },
+            outbox,
+        )
+    }
+
     /// Batches sequenced so far.
     pub fn batches(&self) -> u64 {
         let state = lock(&self.state);
@@ -208,6 +316,7 @@ impl Order {
         let pressure = state.pressure();
         self.pressure.0.store(pressure, Ordering::Relaxed);
         let mut wake = Vec::new();
+        self.relief.notify_all();
         if pressure < self.read_budget {
             for (i, stalled) in state.stalled.iter_mut().enumerate() {
                 if std::mem::take(stalled) {
@@ -282,9 +391,10 @@ impl Member {
         append(taken, log);
     }
 
-    fn trimmed(&mut self, trimmed_held: u64) {
+    fn trimmed(&mut self, trimmed_held: u64, backlog: usize) {
         let mut state = lock(&self.order.state);
         state.trimmed_at[self.me] = trimmed_held;
+        state.backlog[self.me] = backlog;
         let wake = self.order.relieve(&mut state);
         drop(state);
         for i in wake {
@@ -314,6 +424,7 @@ impl Drop for Member {
         let mut state = lock(&self.order.state);
         state.next[self.me] = u64::MAX;
         state.trimmed_at[self.me] = u64::MAX;
+        state.backlog[self.me] = 0;
         state.stalled[self.me] = false;
         state.release();
         let wake = self.order.relieve(&mut state);

@@ -115,7 +115,7 @@ fn the_pressure_stalls_readers_until_the_slowest_loop_trims() {
     sa.sequence(&mut batch(0, 1, 1), la);
     assert_eq!(sa.pressure() as u64, 2 * held);
     assert!(sa.stall());
-    sa.trimmed(la.appended_held());
+    sa.trimmed(la.appended_held(), 0);
     assert_eq!(
         sa.pressure() as u64,
         2 * held,
@@ -132,14 +132,14 @@ fn the_pressure_stalls_readers_until_the_slowest_loop_trims() {
         before,
         "nobody is woken by b taking the input"
     );
-    sb.trimmed(held);
+    sb.trimmed(held, 0);
     assert_eq!(
         sb.pressure() as u64,
         held,
         "b trimmed the first message only"
     );
     assert_eq!(board.wakes(), before + 1, "the stalled loop is woken");
-    sb.trimmed(lb.appended_held());
+    sb.trimmed(lb.appended_held(), 0);
     assert_eq!(sb.pressure(), 0);
 }
 
@@ -150,7 +150,7 @@ fn a_loop_that_left_holds_nothing_back() {
     drop((sb, lb));
     let (sa, la) = &mut m[0];
     sa.sequence(&mut batch(0, 0, 5), la);
-    sa.trimmed(la.appended_held());
+    sa.trimmed(la.appended_held(), 0);
     assert_eq!(sa.pressure(), 0, "no loop left to hold it back for");
 }
 
@@ -211,7 +211,7 @@ proptest! {
         let logs: Vec<Vec<String>> = m.iter().map(|(_, log)| contents(log)).collect();
         check_one_order(&logs, &produced);
         for (s, log) in &mut m {
-            s.trimmed(log.appended_held());
+            s.trimmed(log.appended_held(), 0);
         }
         prop_assert_eq!(m[0].0.pressure(), 0);
     }
