@@ -163,6 +163,22 @@ fn bench_checker_reports_loss_and_reordering() {
 }
 
 #[test]
+fn bench_checker_reports_subscribers_that_saw_another_order() {
+    // Each publisher's messages arrive once each and in order everywhere, so only comparing the
+    // subscribers' orders can tell that half of them saw two publishers interleaved otherwise.
+    let addr = two_faced_relay();
+    let (ok, report) = bench(addr, "mob-line", &["--publishers", "2", "--rate", "1000"]);
+    assert!(!ok, "the bench must fail when orders differ: {report}");
+    for field in ["lost", "duplicated", "out_of_order", "corrupt"] {
+        assert_eq!(report[field], 0, "{field} in {report}");
+    }
+    assert_eq!(
+        report["diverged"], 10,
+        "the 10 odd subscribers saw one pair swapped: {report}"
+    );
+}
+
+#[test]
 fn bench_finds_no_loss_against_redis() {
     let Some(peer) = redis() else { return };
     let (ok, report) = bench(peer.addr, "redis", &["--publishers", "2"]);
@@ -406,6 +422,74 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
+}
+
+/// A line relay with two faces: connections accepted at an odd position get, once, two
+/// consecutive messages of different publishers swapped (from the 100th message on); the others
+/// get everything in the order it came. Per publisher, every connection's order is right.
+fn two_faced_relay() -> SocketAddr {
+    #[derive(Default)]
+    struct Relay {
+        clients: Vec<TcpStream>,
+        count: u64,
+        /// The message the odd connections have not been sent yet.
+        held: Option<Vec<u8>>,
+        swapped: bool,
+    }
+    impl Relay {
+        fn send(&mut self, line: &[u8], odd: bool) {
+            for (i, c) in self.clients.iter_mut().enumerate() {
+                if (i % 2 == 1) == odd {
+                    let _ = c.write_all(line);
+                }
+            }
+        }
+        fn relay(&mut self, line: Vec<u8>) {
+            if line.starts_with(b"ffffffff") {
+                self.send(&line, false);
+                self.send(&line, true);
+                return;
+            }
+            self.count += 1;
+            self.send(&line, false);
+            match self.held.take() {
+                // The first 8 bytes name the publisher.
+                Some(held) if held[..8] != line[..8] => {
+                    self.send(&line, true);
+                    self.send(&held, true);
+                    self.swapped = true;
+                }
+                Some(held) => {
+                    self.send(&held, true);
+                    self.held = Some(line);
+                }
+                None if !self.swapped && self.count >= 100 => self.held = Some(line),
+                None => self.send(&line, true),
+            }
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let relay: Arc<Mutex<Relay>> = Arc::default();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            relay
+                .lock()
+                .unwrap()
+                .clients
+                .push(stream.try_clone().unwrap());
+            let relay = Arc::clone(&relay);
+            thread::spawn(move || {
+                for line in BufReader::new(stream).split(b'\n') {
+                    let Ok(mut line) = line else { break };
+                    line.push(b'\n');
+                    relay.lock().unwrap().relay(line);
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// A line relay that swaps the 100th and 101st messages, loses the 200th, sends the 300th twice
