@@ -254,8 +254,8 @@ impl Bench {
     ) -> anyhow::Result<Bench> {
         let poll = Poll::new()?;
         let mut peers = Vec::with_capacity(config.subscribers + config.publishers);
-        let nodes = endpoints.len();
-        let mut server_names = Vec::with_capacity(nodes);
+        let node_count = endpoints.len();
+        let mut server_names = Vec::with_capacity(node_count);
         for (_, at) in &endpoints {
             server_names.push(match config.access.tls {
                 Some(_) => Some(tls::server_name(&at.authority)?),
@@ -267,8 +267,8 @@ impl Bench {
             .chain((0..config.publishers).map(Role::Publisher));
         for role in roles {
             let node = match role {
-                Role::Subscriber(s) => nodes::of_subscriber(s, nodes),
-                Role::Publisher(p) => nodes::of_publisher(p, nodes),
+                Role::Subscriber(s) => nodes::of_subscriber(s, node_count),
+                Role::Publisher(p) => nodes::of_publisher(p, node_count),
             };
             let (addr, at) = (&endpoints[node].0, &endpoints[node].1);
             let server_name = &server_names[node];
@@ -312,10 +312,11 @@ impl Bench {
         }
         let window = config.window;
         let relays_to_all = config.target.relays_to_all();
-        let sync_senders: Vec<usize> = nodes::sync_senders(config.publishers, nodes, relays_to_all)
-            .into_iter()
-            .map(|p| config.subscribers + p)
-            .collect();
+        let sync_senders: Vec<usize> =
+            nodes::sync_senders(config.publishers, node_count, relays_to_all)
+                .into_iter()
+                .map(|p| config.subscribers + p)
+                .collect();
         Ok(Bench {
             subs: (0..config.subscribers)
                 .map(|_| Subscriber {
