@@ -19,6 +19,14 @@ WebSocket servers run only when named in --servers: ws-node (the Node `ws` broad
 bench/ws-peer; run `npm ci` there first) and mob-ws (mob serve --protocol frame --http, the bench
 on its HTTP port's /ws), both loaded with `mob bench --target ws`/`mob-ws`.
 
+Clusters run only when named too: mob-cluster (two `mob serve --cluster` nodes, line protocol,
+over one redis-server the script starts) and nats-cluster (two nats-server nodes routed to each
+other, benched once the route is up). The bench is given both nodes' addresses and spreads its
+connections over them. Every process of a cluster (both nodes, and Redis) is pinned to CPU 0,
+like a single server: the cluster gets the same one core as the rows it is compared with.
+"server CPU" is all of them together; for mob-cluster the run also records Redis's own CPU
+time and the commands it processed (INFO stats and commandstats, before and after).
+
 So do the servers behind TLS or a token: redis-tls (redis-server --tls-port, TLS only) and
 mob-tls (mob serve --tls-cert/--tls-key), both benched with --ca; mob-auth (mob serve
 --auth-token-file), benched with --token-file. Their certificate (self-signed, for 127.0.0.1
@@ -39,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 MOB = "target/release/mob"
 NODE = shutil.which("node") or "node"
@@ -55,7 +64,9 @@ WORKLOADS = {
            ["--publishers", "1", "--subscribers", "10", "--size", "64"]),
 }
 SPIKES = {"W6": 10_000}  # workload: connections opened and closed before its bench
-SKIP = {("ncat", "W6"): "skipped: ncat --broker holds about 1,000 connections (select)"}
+SKIP = {("ncat", "W6"): "skipped: ncat --broker holds about 1,000 connections (select)",
+        ("mob-cluster", "W6"): "skipped: the spike is made against one server",
+        ("nats-cluster", "W6"): "skipped: the spike is made against one server"}
 
 
 def mob_serve(binary, protocol, threads=None):
@@ -124,6 +135,73 @@ SERVERS = {
     "mob-tls": (mob_tls, "mob-line"),
     "mob-auth": (mob_auth, "mob-line"),
 }
+def redis_cmd(p):
+    return ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--maxclients", "20000", "--loglevel", "warning"]
+
+
+def mob_cluster():
+    """Two mob nodes (as mob-line) over one Redis: (processes, node ports, bench target, Redis port)."""
+    redis = free_port()
+    nodes = [free_port(), free_port()]
+    url = f"redis://127.0.0.1:{redis}"
+    procs = [("redis", redis_cmd(redis), redis)]
+    procs += [(f"node{i}", mob_serve(MOB, "line")(p) + ["--cluster", url], p) for i, p in enumerate(nodes)]
+    return procs, nodes, "mob-line", redis
+
+
+def nats_cluster():
+    """Two nats-server nodes, each routed to the other; the monitoring port tells when the route is up."""
+    nodes = [free_port(), free_port()]
+    routes = [free_port(), free_port()]
+    monitors = [free_port(), free_port()]
+    procs = [(f"node{i}", ["nats-server", "-a", "127.0.0.1", "-p", str(p),
+                           "-cluster", f"nats://127.0.0.1:{routes[i]}", "-routes", f"nats://127.0.0.1:{routes[1 - i]}",
+                           "-m", str(monitors[i])], p) for i, p in enumerate(nodes)]
+    return procs, nodes, "nats", monitors
+
+
+def wait_routed(monitors, deadline=15.0):
+    """Polls each NATS node's /routez until it has its route (interest then flows between them)."""
+    end = time.monotonic() + deadline
+    for m in monitors:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{m}/routez", timeout=1) as r:
+                    if json.load(r).get("num_routes", 0) >= 1:
+                        break
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > end:
+                raise RuntimeError(f"nats node with monitor port {m} has no route")
+            time.sleep(0.05)  # nothing to wait on but the endpoint
+
+
+def redis_info(port):
+    """INFO stats and commandstats of the Redis on port, as a dict of field: value (strings)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"INFO stats\r\nINFO commandstats\r\nQUIT\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    info = {}
+    for line in data.decode(errors="replace").splitlines():
+        if ":" in line and not line.startswith(("$", "+", "-")):
+            k, v = line.split(":", 1)
+            info[k] = v
+    return info
+
+
+def redis_calls(info, command):
+    """Calls of one command so far, from INFO commandstats (cmdstat_xadd:calls=N,...)."""
+    stat = info.get(f"cmdstat_{command}", "")
+    fields = dict(f.split("=", 1) for f in stat.split(",") if "=" in f)
+    return int(fields.get("calls", 0))
+
+
+# name: a function returning (processes, node ports, bench target, extra); every process is
+# (label, command, port to wait for). Run only when named.
+CLUSTERS = {"mob-cluster": mob_cluster, "nats-cluster": nats_cluster}
 # What the bench needs besides the target to get in.
 BENCH_ACCESS = {
     "redis-tls": lambda: ["--ca", secret("cert.pem")],
@@ -131,7 +209,7 @@ BENCH_ACCESS = {
     "mob-auth": lambda: ["--token-file", secret("token")],
 }
 # Run only when named in --servers.
-OPT_IN = ["ws-node", "mob-ws", "redis-tls", "mob-tls", "mob-auth"]
+OPT_IN = ["ws-node", "mob-ws", "redis-tls", "mob-tls", "mob-auth"] + list(CLUSTERS)
 # mob servers whose flag the binary must have: (server, `mob serve` flag).
 NEEDS_FLAG = [("mob-ws", "--http"), ("mob-tls", "--tls-cert"), ("mob-auth", "--auth-token-file")]
 SERVER_CPUS = {"mob-line-t2": "0,1", "mob-frame-t2": "0,1"}  # default: SERVER_CPU
@@ -254,36 +332,67 @@ def spike(pid, port, n, batch=500):
     wait_held(pid, port, ports, lambda c: c == 0, "close the spike")
 
 
+def deployment(server):
+    """What to start for server: (processes, node ports, bench target, extra), as CLUSTERS give it."""
+    if server in CLUSTERS:
+        return CLUSTERS[server]()
+    cmd_for, target = SERVERS[server]
+    port = free_port()
+    return [("server", cmd_for(port), port)], [port], target, None
+
+
 def run_one(server, workload, args):
     if (server, workload) in SKIP:
         return {"server": server, "workload": workload, "skipped": SKIP[(server, workload)]}
-    cmd_for, target = SERVERS[server]
-    port = free_port()
-    log = open(f"target/compare-{server}-{workload}.log", "w")
-    proc = subprocess.Popen(["taskset", "-c", SERVER_CPUS.get(server, SERVER_CPU)] + cmd_for(port),
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    specs, nodes, target, extra = deployment(server)
+    cpus = SERVER_CPUS.get(server, SERVER_CPU)
+    procs, logs = {}, []
     result = {"server": server, "workload": workload}
     try:
-        wait_listening(port, proc)
+        # In order, each listening before the next starts (Redis before the nodes that use it).
+        for label, cmd, port in specs:
+            name = server if len(specs) == 1 else f"{server}-{label}"
+            log = open(f"target/compare-{name}-{workload}.log", "w")
+            logs.append(log)
+            procs[label] = subprocess.Popen(["taskset", "-c", cpus] + cmd,
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            wait_listening(port, procs[label])
+        if server == "nats-cluster":
+            wait_routed(extra)
+        redis = extra if server == "mob-cluster" else None
         if workload in SPIKES:
             s0 = time.monotonic()
-            spike(proc.pid, port, SPIKES[workload])
+            spike(procs["server"].pid, nodes[0], SPIKES[workload])
             result["spike_s"] = time.monotonic() - s0
-        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        cpu0 = {k: cpu_seconds(p.pid) for k, p in procs.items()}
+        info0 = redis_info(redis) if redis else None
+        t0 = time.monotonic()
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         bench = subprocess.run(
-            ["taskset", "-c", BENCH_CPU, MOB, "bench", f"127.0.0.1:{port}", "--target", target,
+            ["taskset", "-c", BENCH_CPU, MOB, "bench"] + [f"127.0.0.1:{p}" for p in nodes] + ["--target", target,
              "--duration", str(args.duration), "--warmup", str(args.warmup), "--json"]
             + BENCH_ACCESS.get(server, lambda: [])() + WORKLOADS[workload][1],
             capture_output=True, text=True, timeout=args.duration + args.warmup + 180)
-        cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        cpu1 = {k: cpu_seconds(p.pid) for k, p in procs.items()}
+        t1 = time.monotonic()
+        info1 = redis_info(redis) if redis else None
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # The bench is the only child waited for meanwhile (the server is still running).
+        # The bench is the only child waited for meanwhile (the servers are still running).
         bench_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
         result["bench_cpu_pct"] = 100 * bench_cpu / (t1 - t0)
-        result["server_cpu_s"] = cpu1 - cpu0
-        result["server_cpu_pct"] = 100 * (cpu1 - cpu0) / (t1 - t0)
-        result["peak_rss_mib"] = peak_rss_mib(proc.pid)
+        used = {k: cpu1[k] - cpu0[k] for k in procs}
+        result["server_cpu_s"] = sum(used.values())
+        result["server_cpu_pct"] = 100 * result["server_cpu_s"] / (t1 - t0)
+        rss = [peak_rss_mib(p.pid) for p in procs.values()]
+        result["peak_rss_mib"] = None if None in rss else sum(rss)
+        if len(procs) > 1:
+            result["cpu_s_by_process"] = used
+        if redis:
+            result["redis_cpu_s"] = used["redis"]
+            result["redis_commands"] = int(info1["total_commands_processed"]) - int(info0["total_commands_processed"])
+            result["redis_commands_per_s"] = result["redis_commands"] / (t1 - t0)
+            for command in ["xadd", "xread"]:
+                result[f"redis_{command}"] = redis_calls(info1, command) - redis_calls(info0, command)
         try:
             result.update(json.loads(bench.stdout))
         except json.JSONDecodeError:
@@ -291,15 +400,25 @@ def run_one(server, workload, args):
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         result["error"] = str(e)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        for proc in reversed(list(procs.values())):
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in logs:
+            log.close()
     if "delivered_total" in result and result["delivered_total"]:
         result["cpu_s_per_m"] = result["server_cpu_s"] / result["delivered_total"] * 1e6
+        if "redis_cpu_s" in result:
+            # Every message reaches every subscriber once (a clean run): messages published
+            # over the whole run, warm-up and drain included, as the CPU time is.
+            messages = result["delivered_total"] / result["subscribers"]
+            result["redis_messages"] = messages
+            result["redis_cpu_us_per_message"] = result["redis_cpu_s"] / messages * 1e6
+            result["redis_cpu_ns_per_delivery"] = result["redis_cpu_s"] / result["delivered_total"] * 1e9
+            result["redis_commands_per_message"] = result["redis_commands"] / messages
     return result
 
 
@@ -319,7 +438,9 @@ def summarize(runs):
         row = {"runs": len(rs), "errors": [r["error"] for r in rs if "error" in r],
                "skipped": next((r["skipped"] for r in rs if "skipped" in r), None)}
         for k in ["delivered_per_s", "delivered_mb_per_s", "server_cpu_pct", "cpu_s_per_m", "peak_rss_mib", "bench_cpu_pct",
-                  "lost", "duplicated", "out_of_order", "corrupt", "disconnects"]:
+                  "lost", "duplicated", "out_of_order", "diverged", "corrupt", "disconnects",
+                  "redis_cpu_s", "redis_cpu_us_per_message", "redis_cpu_ns_per_delivery", "redis_commands_per_s",
+                  "redis_commands_per_message", "redis_xadd", "redis_xread", "redis_messages"]:
             row[k] = median(ok, k)
         for p in ["p50", "p99", "p999", "max"]:
             row[p] = median([{"v": r["latency_us"][p]} for r in ok], "v")
@@ -347,6 +468,8 @@ def markdown(table, servers, workloads):
                 continue
             ms = lambda us: None if us is None else us / 1000
             integrity = " / ".join(fmt(row[k], ".0f") for k in ["lost", "duplicated", "out_of_order", "corrupt", "disconnects"])
+            if row.get("diverged"):
+                integrity += f" (orders diverged: {row['diverged']:.0f} subscribers)"
             lines.append(
                 f"| {w} | {s} | {fmt(row['delivered_per_s'], ',.0f')} | {fmt(row['delivered_mb_per_s'], ',.1f')} "
                 f"| {fmt(ms(row['p50']), '.3f')} | {fmt(ms(row['p99']), '.3f')} | {fmt(ms(row['p999']), '.3f')} "
@@ -356,7 +479,21 @@ def markdown(table, servers, workloads):
 
 
 def clean(row):
-    return row and row["delivered_per_s"] and not any(row[k] for k in ["lost", "duplicated", "out_of_order", "corrupt", "disconnects"])
+    return row and row["delivered_per_s"] and not any(row[k] for k in ["lost", "duplicated", "out_of_order", "diverged", "corrupt", "disconnects"])
+
+
+def redis_cost(table, workloads, server="mob-cluster"):
+    """What the backplane cost the mob cluster: Redis's CPU and commands, per message and per second."""
+    lines = ["| workload | Redis CPU | Redis CPU µs / message | Redis CPU ns / delivery | Redis commands/s | commands / message | XADD | XREAD |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for w in workloads:
+        row = table.get((server, w))
+        if not row or row.get("redis_cpu_s") is None:
+            continue
+        lines.append(f"| {w} | {fmt(row['redis_cpu_s'], '.2f', ' s')} | {fmt(row['redis_cpu_us_per_message'], '.2f')} "
+                     f"| {fmt(row['redis_cpu_ns_per_delivery'], '.1f')} | {fmt(row['redis_commands_per_s'], ',.0f')} "
+                     f"| {fmt(row['redis_commands_per_message'], '.4f')} | {fmt(row['redis_xadd'], ',.0f')} | {fmt(row['redis_xread'], ',.0f')} |")
+    return "\n".join(lines)
 
 
 def ratios(table, workloads, mob_servers=MOBS, peer_servers=PEERS):
@@ -390,7 +527,7 @@ def main():
     ap.add_argument("--duration", type=float, default=5, help="seconds measured per run")
     ap.add_argument("--warmup", type=float, default=1, help="seconds run before measuring")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of " + ", ".join(WORKLOADS))
-    ap.add_argument("--servers", help="comma-separated, of " + ", ".join(list(SERVERS) + list(BASES))
+    ap.add_argument("--servers", help="comma-separated, of " + ", ".join(list(SERVERS) + list(CLUSTERS) + list(BASES))
                     + " [default: all but " + ", ".join(OPT_IN) + "; base-* only with --baseline]")
     ap.add_argument("--baseline", metavar="PATH",
                     help="an older mob binary, run as base-line and base-frame beside mob-line and mob-frame")
@@ -414,11 +551,18 @@ def main():
         print(f"- **{w}**: {WORKLOADS[w][0]}")
     print()
     print(markdown(table, servers, workloads))
-    print("\n## mob against the best peer\n")
-    print(ratios(table, workloads))
+    if any(s in MOBS for s in servers) and any(s in PEERS for s in servers):
+        print("\n## mob against the best peer\n")
+        print(ratios(table, workloads))
     if "mob-ws" in servers and "ws-node" in servers:
         print("\n## mob-ws against ws-node\n")
         print(ratios(table, workloads, ["mob-ws"], ["ws-node"]))
+    if "mob-cluster" in servers and "nats-cluster" in servers:
+        print("\n## mob-cluster against nats-cluster\n")
+        print(ratios(table, workloads, ["mob-cluster"], ["nats-cluster"]))
+    if "mob-cluster" in servers:
+        print("\n## What Redis costs the mob cluster (medians; messages: deliveries / subscribers over the whole run)\n")
+        print(redis_cost(table, workloads))
     if "mob-tls" in servers and "redis-tls" in servers:
         print("\n## mob-tls against redis-tls\n")
         print(ratios(table, workloads, ["mob-tls"], ["redis-tls"]))
@@ -440,16 +584,16 @@ def parse_selection(ap, args):
     bases = [s for s in servers if s in BASES and s not in SERVERS]
     if bases:
         ap.error(f"{', '.join(bases)}: only with --baseline PATH, the older mob binary to run as {' and '.join(BASES)}")
-    unknown = [s for s in servers if s not in SERVERS]
+    unknown = [s for s in servers if s not in SERVERS and s not in CLUSTERS]
     if unknown:
-        known = list(SERVERS) + [b for b in BASES if b not in SERVERS]
+        known = list(SERVERS) + list(CLUSTERS) + [b for b in BASES if b not in SERVERS]
         ap.error(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if "ws-node" in servers and not shutil.which(NODE):
         ap.error("ws-node: node is not installed")
     if "ws-node" in servers and not os.path.isdir(f"{WS_PEER}/node_modules/ws"):
         ap.error(f"ws-node: run `npm ci` in {WS_PEER} first")
     serve_help = subprocess.run([MOB, "serve", "--help"], capture_output=True, text=True).stdout
-    for server, flag in NEEDS_FLAG:
+    for server, flag in NEEDS_FLAG + [("mob-cluster", "--cluster")]:
         if server in servers and flag not in serve_help:
             ap.error(f"{server}: {MOB} has no `serve {flag}` (build a mob that has it)")
     if any(s in servers for s in BENCH_ACCESS) and not shutil.which("openssl"):

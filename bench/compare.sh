@@ -5,6 +5,8 @@
 # --baseline PATH also runs an older mob binary as base-line and base-frame, in the same rounds.
 # ws-node (the Node ws peer; npm ci in bench/ws-peer) and mob-ws (mob's --http /ws) run only when
 # named in --servers; so do redis-tls, mob-tls and mob-auth (TLS or a token; openssl makes the certificate).
+# So do mob-cluster (two mob --cluster nodes over a Redis it starts) and nats-cluster (two routed
+# nats-server nodes); the bench is given both nodes' addresses.
 #
 #   bench/compare.sh                  # full run: 3 rounds, 5 s measured each
 #   bench/compare.sh --rounds 1 --duration 2 --workloads W1,W3 --servers mob-line,redis

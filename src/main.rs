@@ -171,8 +171,10 @@ impl AccessArgs {
 struct BenchArgs {
     /// Server address, host:port; for ws and mob-ws also ws://host:port/path (the path is / for
     /// ws, /ws for mob-ws unless given) [default: 127.0.0.1 and the target's usual port: 8000,
-    /// 6379, 4222 or 8080].
-    addr: Option<String>,
+    /// 6379, 4222 or 8080]. Several: the nodes of one cluster; subscribers and publishers are
+    /// spread over them round-robin.
+    #[arg(value_name = "ADDR")]
+    addrs: Vec<String>,
     /// What the server speaks: ws is any WebSocket broadcast server, mob-ws is mob's
     /// `serve --http` port.
     #[arg(long, default_value = "mob-line", value_parser = target_parser())]
@@ -345,9 +347,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let target = args.target;
     let access = args.access.load()?;
     let config = BenchConfig {
-        addr: args
-            .addr
-            .unwrap_or_else(|| format!("127.0.0.1:{}", target.default_port())),
+        addrs: if args.addrs.is_empty() {
+            vec![format!("127.0.0.1:{}", target.default_port())]
+        } else {
+            args.addrs
+        },
         target,
         subscribers: args.subscribers,
         publishers: args.publishers,

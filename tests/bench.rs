@@ -1,7 +1,8 @@
 //! `mob bench` against real servers: mob in every protocol and over WebSocket, Redis (also over
 //! TLS), NATS and
 //! a WebSocket broadcast server (the Node peer), and a relay that loses and reorders on purpose
-//! (the checker must be able to fail).
+//! (the checker must be able to fail); with several addresses, two mob cluster nodes over one
+//! Redis and two routed NATS servers.
 
 mod util;
 
@@ -18,8 +19,15 @@ use util::{mob, Output, Server};
 
 /// Runs a short `mob bench --json` and returns its exit success and report.
 fn bench(addr: SocketAddr, target: &str, extra: &[&str]) -> (bool, Value) {
+    bench_nodes(&[addr], target, extra)
+}
+
+/// [`bench`] given several addresses (the nodes of one cluster).
+fn bench_nodes(addrs: &[SocketAddr], target: &str, extra: &[&str]) -> (bool, Value) {
     let out = mob()
-        .args(["bench", &addr.to_string(), "--target", target])
+        .arg("bench")
+        .args(addrs.iter().map(|a| a.to_string()))
+        .args(["--target", target])
         .args([
             "--duration",
             "1",
@@ -47,6 +55,7 @@ fn assert_clean(ok: bool, report: &Value) {
         "lost",
         "duplicated",
         "out_of_order",
+        "diverged",
         "corrupt",
         "disconnects",
     ] {
@@ -154,25 +163,24 @@ fn bench_checker_reports_loss_and_reordering() {
 }
 
 #[test]
+fn bench_checker_reports_subscribers_that_saw_another_order() {
+    // Each publisher's messages arrive once each and in order everywhere, so only comparing the
+    // subscribers' orders can tell that half of them saw two publishers interleaved otherwise.
+    let addr = two_faced_relay();
+    let (ok, report) = bench(addr, "mob-line", &["--publishers", "2", "--rate", "1000"]);
+    assert!(!ok, "the bench must fail when orders differ: {report}");
+    for field in ["lost", "duplicated", "out_of_order", "corrupt"] {
+        assert_eq!(report[field], 0, "{field} in {report}");
+    }
+    assert_eq!(
+        report["diverged"], 10,
+        "the 10 odd subscribers saw one pair swapped: {report}"
+    );
+}
+
+#[test]
 fn bench_finds_no_loss_against_redis() {
-    let Some(peer) = Peer::start(
-        "redis-server",
-        |port| {
-            vec![
-                "--port".into(),
-                port.to_string(),
-                "--bind".into(),
-                "127.0.0.1".into(),
-                "--save".into(),
-                String::new(),
-                "--appendonly".into(),
-                "no".into(),
-            ]
-        },
-        "Ready to accept connections",
-    ) else {
-        return;
-    };
+    let Some(peer) = redis() else { return };
     let (ok, report) = bench(peer.addr, "redis", &["--publishers", "2"]);
     assert_clean(ok, &report);
 }
@@ -292,6 +300,73 @@ fn bench_finds_no_loss_against_a_websocket_broadcast_server() {
     assert!(out.status.success(), "{out:?}");
 }
 
+#[test]
+fn bench_finds_one_order_across_two_cluster_nodes() {
+    let Some(redis) = redis() else { return };
+    let url = format!("redis://{}", redis.addr);
+    let nodes: Vec<Server> = (0..2)
+        .map(|_| Server::start(&["--cluster", &url, "--no-echo-self"]))
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    // W1's shape: one publisher (on the first node), half the subscribers on the other.
+    let (ok, report) = bench_nodes(&addrs, "mob-line", &[]);
+    assert_clean(ok, &report);
+    assert_eq!(report["addrs"].as_array().unwrap().len(), 2, "{report}");
+    // W4's: publishers on both nodes, whose messages every subscriber must see in one order
+    // (the digest comparison; per publisher alone, two interleavings would both pass).
+    let (ok, report) = bench_nodes(&addrs, "mob-line", &["--publishers", "4", "--rate", "2000"]);
+    assert_clean(ok, &report);
+}
+
+#[test]
+fn bench_finds_no_loss_across_two_routed_nats_servers() {
+    let [a, b] = [free_port(), free_port()];
+    let node = |cluster: u16, route: u16| {
+        move |port: u16| {
+            ["-a", "127.0.0.1", "-p", &port.to_string()]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    "-cluster".into(),
+                    format!("nats://127.0.0.1:{cluster}"),
+                    "-routes".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                ])
+                .collect()
+        }
+    };
+    let Some(first) = Peer::start("nats-server", node(a, b), "Server is ready") else {
+        return;
+    };
+    let Some(second) = Peer::start("nats-server", node(b, a), "Server is ready") else {
+        return;
+    };
+    // The route may not be up yet: the bench's sync from each node's publishers must wait for
+    // it (a confirmed subscription on one node says nothing about the other).
+    let (ok, report) = bench_nodes(
+        &[first.addr, second.addr],
+        "nats",
+        &["--publishers", "4", "--rate", "2000"],
+    );
+    assert_clean(ok, &report);
+}
+
+/// A `redis-server` without persistence, or `None` when it is not installed (a failure under
+/// `MOB_REQUIRE_REDIS=1`).
+fn redis() -> Option<Peer> {
+    Peer::start(
+        "redis-server",
+        |port| {
+            ["--port", &port.to_string(), "--bind", "127.0.0.1"]
+                .iter()
+                .chain(&["--save", "", "--appendonly", "no"])
+                .map(|s| s.to_string())
+                .collect()
+        },
+        "Ready to accept connections",
+    )
+}
+
 /// A peer server (Redis, NATS, Node) on a free loopback port, killed when dropped.
 struct Peer {
     child: Child,
@@ -347,6 +422,74 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
+}
+
+/// A line relay with two faces: connections accepted at an odd position get, once, two
+/// consecutive messages of different publishers swapped (from the 100th message on); the others
+/// get everything in the order it came. Per publisher, every connection's order is right.
+fn two_faced_relay() -> SocketAddr {
+    #[derive(Default)]
+    struct Relay {
+        clients: Vec<TcpStream>,
+        count: u64,
+        /// The message the odd connections have not been sent yet.
+        held: Option<Vec<u8>>,
+        swapped: bool,
+    }
+    impl Relay {
+        fn send(&mut self, line: &[u8], odd: bool) {
+            for (i, c) in self.clients.iter_mut().enumerate() {
+                if (i % 2 == 1) == odd {
+                    let _ = c.write_all(line);
+                }
+            }
+        }
+        fn relay(&mut self, line: Vec<u8>) {
+            if line.starts_with(b"ffffffff") {
+                self.send(&line, false);
+                self.send(&line, true);
+                return;
+            }
+            self.count += 1;
+            self.send(&line, false);
+            match self.held.take() {
+                // The first 8 bytes name the publisher.
+                Some(held) if held[..8] != line[..8] => {
+                    self.send(&line, true);
+                    self.send(&held, true);
+                    self.swapped = true;
+                }
+                Some(held) => {
+                    self.send(&held, true);
+                    self.held = Some(line);
+                }
+                None if !self.swapped && self.count >= 100 => self.held = Some(line),
+                None => self.send(&line, true),
+            }
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let relay: Arc<Mutex<Relay>> = Arc::default();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            relay
+                .lock()
+                .unwrap()
+                .clients
+                .push(stream.try_clone().unwrap());
+            let relay = Arc::clone(&relay);
+            thread::spawn(move || {
+                for line in BufReader::new(stream).split(b'\n') {
+                    let Ok(mut line) = line else { break };
+                    line.push(b'\n');
+                    relay.lock().unwrap().relay(line);
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// A line relay that swaps the 100th and 101st messages, loses the 200th, sends the 300th twice

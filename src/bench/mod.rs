@@ -9,8 +9,15 @@
 //! slowest subscriber, so no server is pushed into dropping slow consumers. Open loop
 //! (`--rate R`): R messages per second in total, each stamped with the time it was *due*, so a
 //! server (or bench) that falls behind shows in the latency instead of hiding it.
+//!
+//! Several addresses (the nodes of one cluster): subscribers and publishers are spread over
+//! them round-robin ([`nodes`]), every subscriber must hear a sync from every node that has a
+//! publisher before the clock starts, and for servers that promise one order to all (mob) the
+//! subscribers' orders are compared at the end ([`check::OrderDigest`]): the per-publisher
+//! check alone would pass a cluster whose nodes interleave publishers differently.
 
 mod check;
+pub mod nodes;
 pub mod payload;
 mod report;
 pub mod target;
@@ -31,7 +38,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::client::{tls, Access};
 use crate::sys;
-use check::{Arrival, Checker};
+use check::{Arrival, Checker, OrderDigest};
 pub use report::Report;
 pub use target::Target;
 
@@ -60,7 +67,8 @@ const READ_BLOCK: usize = 256 * 1024;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    pub addr: String,
+    /// One address, or the nodes of one cluster (connections spread round-robin).
+    pub addrs: Vec<String>,
     pub target: Target,
     pub subscribers: usize,
     pub publishers: usize,
@@ -102,22 +110,27 @@ pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
     if config.window == 0 {
         bail!("--window must be at least 1");
     }
+    if config.addrs.is_empty() {
+        bail!("need at least one address");
+    }
     if let Err(e) = sys::raise_open_files_limit() {
         tracing::warn!("cannot raise the open-files limit: {e}");
     }
-    let mut endpoint = Endpoint::parse(&config.addr, config.target, config.access.tls.is_some())
-        .map_err(anyhow::Error::msg)?;
-    if let Some(token) = &config.access.token {
-        if !config.target.takes_token() {
-            bail!(
-                "--token-file is mob's token; --target {} has no place for it",
-                config.target
-            );
-        }
-        endpoint.token = Some(token.clone());
+    if config.access.token.is_some() && !config.target.takes_token() {
+        bail!(
+            "--token-file is mob's token; --target {} has no place for it",
+            config.target
+        );
     }
-    let addr = resolve(&endpoint.authority)?;
-    let mut bench = Bench::connect(config, addr, &endpoint)?;
+    let mut endpoints = Vec::with_capacity(config.addrs.len());
+    for addr in &config.addrs {
+        let mut endpoint = Endpoint::parse(addr, config.target, config.access.tls.is_some())
+            .map_err(anyhow::Error::msg)?;
+        endpoint.token = config.access.token.clone();
+        let resolved = resolve(&endpoint.authority)?;
+        endpoints.push((resolved, endpoint));
+    }
+    let mut bench = Bench::connect(config, endpoints)?;
     bench.set_up()?;
     bench.measure()?;
     bench.drain()?;
@@ -166,8 +179,19 @@ impl Peer {
 
 struct Subscriber {
     checker: Checker,
-    /// Subscription confirmed (Redis, NATS) or sync message seen (mob, WebSocket).
-    ready: bool,
+    /// The order it received everything in, to compare with the others' (mob targets).
+    order: OrderDigest,
+    /// Subscription confirmed (Redis, NATS; from the start for servers that relay to all).
+    subscribed: bool,
+    /// Per sync sender (by rank, [`nodes::sync_senders`]): its sync message arrived.
+    synced: Vec<bool>,
+}
+
+impl Subscriber {
+    /// Known to receive what every node's publishers send.
+    fn is_ready(&self) -> bool {
+        self.subscribed && self.synced.iter().all(|&s| s)
+    }
 }
 
 struct Publisher {
@@ -193,7 +217,10 @@ struct Measured {
 
 struct Bench {
     config: BenchConfig,
-    addr: SocketAddr,
+    /// The nodes, in the order given.
+    addrs: Vec<SocketAddr>,
+    /// Peer indexes of the publishers that send the sync, by rank.
+    sync_senders: Vec<usize>,
     poll: Poll,
     peers: Vec<Peer>,
     subs: Vec<Subscriber>,
@@ -221,18 +248,31 @@ struct Bench {
 }
 
 impl Bench {
-    fn connect(config: BenchConfig, addr: SocketAddr, at: &Endpoint) -> anyhow::Result<Bench> {
+    fn connect(
+        config: BenchConfig,
+        endpoints: Vec<(SocketAddr, Endpoint)>,
+    ) -> anyhow::Result<Bench> {
         let poll = Poll::new()?;
         let mut peers = Vec::with_capacity(config.subscribers + config.publishers);
-        let server_name = match config.access.tls {
-            Some(_) => Some(tls::server_name(&at.authority)?),
-            None => None,
-        };
+        let node_count = endpoints.len();
+        let mut server_names = Vec::with_capacity(node_count);
+        for (_, at) in &endpoints {
+            server_names.push(match config.access.tls {
+                Some(_) => Some(tls::server_name(&at.authority)?),
+                None => None,
+            });
+        }
         let roles = (0..config.subscribers)
             .map(Role::Subscriber)
             .chain((0..config.publishers).map(Role::Publisher));
         for role in roles {
-            let std = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            let node = match role {
+                Role::Subscriber(s) => nodes::of_subscriber(s, node_count),
+                Role::Publisher(p) => nodes::of_publisher(p, node_count),
+            };
+            let (addr, at) = (&endpoints[node].0, &endpoints[node].1);
+            let server_name = &server_names[node];
+            let std = std::net::TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
                 .with_context(|| {
                     format!(
                         "cannot connect to {addr} ({role:?}, after {} connections): is the server running and accepting?",
@@ -248,7 +288,7 @@ impl Bench {
                 token,
                 Interest::READABLE | Interest::WRITABLE,
             )?;
-            let transport = match (&config.access.tls, &server_name) {
+            let transport = match (&config.access.tls, server_name) {
                 (Some(tls), Some(name)) => Transport::Tls(Box::new(
                     rustls::ClientConnection::new(Arc::clone(tls), name.clone())
                         .context("TLS setup")?,
@@ -271,11 +311,19 @@ impl Bench {
             });
         }
         let window = config.window;
+        let relays_to_all = config.target.relays_to_all();
+        let sync_senders: Vec<usize> =
+            nodes::sync_senders(config.publishers, node_count, relays_to_all)
+                .into_iter()
+                .map(|p| config.subscribers + p)
+                .collect();
         Ok(Bench {
             subs: (0..config.subscribers)
                 .map(|_| Subscriber {
                     checker: Checker::new(config.publishers),
-                    ready: false,
+                    order: OrderDigest::default(),
+                    subscribed: relays_to_all,
+                    synced: vec![false; sync_senders.len()],
                 })
                 .collect(),
             pubs: (0..config.publishers)
@@ -287,7 +335,8 @@ impl Bench {
                 .collect(),
             live_subs: config.subscribers as u32,
             config,
-            addr,
+            addrs: endpoints.iter().map(|(addr, _)| *addr).collect(),
+            sync_senders,
             poll,
             peers,
             scratch: BytesMut::new(),
@@ -308,7 +357,8 @@ impl Bench {
     /// publishers' too (so no handshake is timed); then confirmed
     /// subscriptions for Redis and NATS, or, for servers that relay to all (mob, WebSocket), a
     /// sync message from the last publisher (connected after every subscriber) that every
-    /// subscriber must receive.
+    /// subscriber must receive. With several addresses, every target syncs, from the last
+    /// publisher of each node ([`nodes::sync_senders`]), after the subscriptions are confirmed.
     ///
     /// # Notes
     /// A WebSocket server's `101` alone does not prove the connection already receives what
@@ -329,20 +379,24 @@ impl Bench {
             // handshake or token is through, and those finish in no particular order, so the
             // first sync may pass a subscriber by.
             let sync_due = synced_at.map_or(true, |at| at.elapsed() >= SYNC_AGAIN);
-            if all_connected && self.config.target.relays_to_all() && sync_due {
-                let last = self.peers.len() - 1;
-                let stamp = Stamp {
-                    publisher: SYNC_PUBLISHER,
-                    seq: 0,
-                    sent_ns: 0,
-                };
-                self.config
-                    .target
-                    .publish(stamp, self.config.size, &mut self.peers[last].out);
-                self.write(last);
+            // A sync before a subscription is confirmed may pass it by: wait for them first.
+            let subscribed = self.subs.iter().all(|s| s.subscribed);
+            if all_connected && subscribed && !self.sync_senders.is_empty() && sync_due {
+                for rank in 0..self.sync_senders.len() {
+                    let i = self.sync_senders[rank];
+                    let stamp = Stamp {
+                        publisher: SYNC_PUBLISHER,
+                        seq: rank as u64,
+                        sent_ns: 0,
+                    };
+                    self.config
+                        .target
+                        .publish(stamp, self.config.size, &mut self.peers[i].out);
+                    self.write(i);
+                }
                 synced_at = Some(Instant::now());
             }
-            let ready = self.subs.iter().filter(|s| s.ready).count();
+            let ready = self.subs.iter().filter(|s| s.is_ready()).count();
             if all_connected && ready == self.subs.len() {
                 return Ok(());
             }
@@ -492,7 +546,7 @@ impl Bench {
         let h = &self.latency;
         Report {
             target: self.config.target.to_string(),
-            addr: self.addr.to_string(),
+            addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
             publishers: self.config.publishers,
             subscribers: self.config.subscribers,
             size: self.config.size,
@@ -512,6 +566,17 @@ impl Bench {
             duplicated: live().map(|c| c.duplicated).sum(),
             corrupt: self.measured.corrupt,
             out_of_order: live().map(|c| c.out_of_order).sum(),
+            diverged: if self.config.target.promises_one_order() {
+                check::diverged(
+                    self.subs
+                        .iter()
+                        .zip(self.peers.iter())
+                        .filter(|(_, peer)| peer.open)
+                        .map(|(s, _)| &s.order),
+                )
+            } else {
+                0
+            },
             disconnects: self.disconnects,
         }
     }
@@ -717,7 +782,7 @@ impl Bench {
                             let payload = &buf[at + r.start..at + r.end];
                             self.deliver(s, payload, now_ns);
                         }
-                        (Item::Subscribed, Role::Subscriber(s)) => self.subs[s].ready = true,
+                        (Item::Subscribed, Role::Subscriber(s)) => self.subs[s].subscribed = true,
                         (Item::Upgraded, _) => self.peers[i].upgraded = true,
                         (Item::Ping(r), _) => {
                             target.pong(&buf[at + r.start..at + r.end], &mut self.peers[i].out)
@@ -747,7 +812,9 @@ impl Bench {
             return;
         };
         if stamp.publisher == SYNC_PUBLISHER {
-            self.subs[s].ready = true;
+            if let Some(synced) = self.subs[s].synced.get_mut(stamp.seq as usize) {
+                *synced = true;
+            }
             return;
         }
         let p = stamp.publisher as usize;
@@ -756,7 +823,11 @@ impl Bench {
             self.measured.corrupt += 1;
             return;
         }
-        let arrival = self.subs[s].checker.record(p, stamp.seq);
+        let sub = &mut self.subs[s];
+        let arrival = sub.checker.record(p, stamp.seq);
+        if self.config.target.promises_one_order() {
+            sub.order.record(p, stamp.seq);
+        }
         if arrival != Arrival::Duplicate && self.config.rate <= 0.0 {
             self.ack(p, stamp.seq);
         }

@@ -8,7 +8,8 @@ use serde_json::json;
 #[derive(Debug, Clone)]
 pub struct Report {
     pub target: String,
-    pub addr: String,
+    /// The addresses loaded (resolved), in the order given: one, or a cluster's nodes.
+    pub addrs: Vec<String>,
     pub publishers: usize,
     pub subscribers: usize,
     pub size: usize,
@@ -29,6 +30,9 @@ pub struct Report {
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// Servers that promise one order to all (mob): subscribers whose whole sequence differs
+    /// from the most common one (another order, or a loss or duplicate). 0 for the others.
+    pub diverged: u64,
     /// Deliveries that were not a payload the bench sent (torn or garbled).
     pub corrupt: u64,
     /// Connections the server closed (or that failed) during the run.
@@ -54,6 +58,7 @@ impl Report {
         self.lost == 0
             && self.duplicated == 0
             && self.out_of_order == 0
+            && self.diverged == 0
             && self.corrupt == 0
             && self.disconnects == 0
     }
@@ -61,7 +66,8 @@ impl Report {
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "target": self.target,
-            "addr": self.addr,
+            "addr": self.addrs.join(","),
+            "addrs": self.addrs,
             "publishers": self.publishers,
             "subscribers": self.subscribers,
             "size": self.size,
@@ -83,6 +89,7 @@ impl Report {
             "lost": self.lost,
             "duplicated": self.duplicated,
             "out_of_order": self.out_of_order,
+            "diverged": self.diverged,
             "corrupt": self.corrupt,
             "disconnects": self.disconnects,
         })
@@ -99,7 +106,12 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "{} at {}: {} publishers, {} subscribers, {} B payloads, {mode}, {:.1} s measured",
-            self.target, self.addr, self.publishers, self.subscribers, self.size, self.duration
+            self.target,
+            self.addrs.join(" + "),
+            self.publishers,
+            self.subscribers,
+            self.size,
+            self.duration
         )?;
         writeln!(f, "published  {:>14.0} msg/s", self.published_per_sec())?;
         writeln!(
@@ -121,6 +133,14 @@ impl fmt::Display for Report {
             f,
             "integrity  lost {}  duplicated {}  out of order {}  corrupt {}  disconnects {}",
             self.lost, self.duplicated, self.out_of_order, self.corrupt, self.disconnects
-        )
+        )?;
+        if self.diverged > 0 {
+            write!(
+                f,
+                "  diverged {} (subscribers whose order is not the others')",
+                self.diverged
+            )?;
+        }
+        Ok(())
     }
 }

@@ -95,6 +95,16 @@ impl Target {
         !matches!(self, Target::Redis | Target::Nats)
     }
 
+    /// Every subscriber sees every message in one order, whatever its publisher and whichever
+    /// node it came through (mob, one node or a cluster): the bench compares the subscribers'
+    /// orders. Redis and NATS promise order per publisher only, and `ws` is any server.
+    pub fn promises_one_order(self) -> bool {
+        matches!(
+            self,
+            Target::MobLine | Target::MobFrame | Target::MobRaw | Target::MobWs
+        )
+    }
+
     /// Every connection opens with an HTTP upgrade, and may send nothing else before the
     /// server's `101` ([`Item::Upgraded`]).
     pub fn is_websocket(self) -> bool {
