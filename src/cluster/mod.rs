@@ -40,7 +40,9 @@ use crate::server::{Board, Entry, Order};
 
 /// Entries the stream keeps by default (`XADD MAXLEN ~`, `--cluster-keep`): a node that
 /// falls behind further than this finds a gap.
-pub const STREAM_LENGTH: usize = 100_000;
+/// Each entry is one publish of at most an eighth of the read budget (256 KiB with the
+/// default `--max-pending`), so Redis holds at most about 256 MiB for it by default.
+pub const STREAM_LENGTH: usize = 1_000;
 /// Entries one `XREAD` returns at most.
 const READ_COUNT: usize = 256;
 /// How long one `XREAD` blocks: the reader looks at the shutdown flag this often.
