@@ -15,11 +15,15 @@
 //!   vectored writes in flush rounds (`server/fanout.rs`). Every byte a connection reads or
 //!   writes goes through its `Stream` (`server/stream.rs`): the socket, or the socket under a
 //!   rustls session with `--tls-cert` (`server/tls.rs` reads the certificate and key).
+//! - [`auth`]: the token of `--auth-token-file`, its file, and how a client presents it
+//!   (shared by the server and the clients).
+//! - [`cluster`]: `--cluster`: several nodes over a Redis stream, a third kind of sequencer
+//!   (a publisher and a reader thread per node, beside the event loops).
 //! - [`chat`]: the interactive client behind `mob chat`.
 //! - [`bench`]: the load generator and checker behind `mob bench` (mob, Redis, NATS and
 //!   WebSocket).
 //! - [`client`]: what those two clients share: the TLS client configuration (`--tls`, `--ca`)
-//!   and the token (`--token-file`) in each wire format.
+//!   and the token (`--token-file`) in a WebSocket request.
 //! - `sys.rs`: the two system calls made by hand (`read(2)` into spare capacity, the
 //!   open-files limit), shared by the server and the bench.
 //! - `main.rs`: the `mob` command line, nothing more.
