@@ -118,7 +118,7 @@ impl Sequencer {
     /// This loop's log was trimmed; `trimmed_held` is its [`Log::appended_held`] then: the
     /// input it no longer holds back.
     /// `backlog` is about what the slowest of the loop's receivers still had to be sent
-    /// then ([`Fanout::backlog`](super::fanout::Fanout::backlog)).
+    /// then (`Fanout::backlog`).
     pub fn trimmed(&mut self, trimmed_held: u64, backlog: usize) {
         if let Sequencer::Shared(member) | Sequencer::Cluster(member, _) = self {
             member.trimmed(trimmed_held, backlog);
