@@ -791,17 +791,14 @@ impl EventLoop {
                     conn.queued = false;
                     // Owed what was sequenced before its end, on any loop (in a cluster, once
                     // its own last messages are in the order).
-                    if self.sequencer.settled(conn.last_ticket) {
-                        conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
-                        self.fanout.wake(key, conn);
-                    } else {
-                        conn.eof_at = Some(u64::MAX);
-                        self.unsettled.push((key, conn.id, conn.last_ticket));
-                        // Not for ever: its last messages may never come back (a Redis
-                        // that lost them); then it is owed what is here.
-                        self.side_deadlines
-                            .push_back((now + web::SIDE_TIMEOUT, key, conn.id));
-                    }
+                    input_ended(
+                        &self.sequencer,
+                        &mut self.fanout,
+                        &mut self.unsettled,
+                        &mut self.side_deadlines,
+                        (key, conn),
+                        now,
+                    );
                     debug!(peer = %conn.peer, "client closed its sending side");
                 }
                 Err(reason) if web::close_frame_for(&reason).is_some() && !draining => {
@@ -810,17 +807,14 @@ impl EventLoop {
                     // the close frame; all within the side deadline (it may not be idle, but
                     // it must not hold its backlog for ever by never reading it).
                     conn.queued = false;
-                    if self.sequencer.settled(conn.last_ticket) {
-                        conn.eof_at = Some(self.sequencer.join_point(&self.fanout.log, None));
-                        self.fanout.wake(key, conn);
-                    } else {
-                        conn.eof_at = Some(u64::MAX);
-                        self.unsettled.push((key, conn.id, conn.last_ticket));
-                        // Not for ever: its last messages may never come back (a Redis
-                        // that lost them); then it is owed what is here.
-                        self.side_deadlines
-                            .push_back((now + web::SIDE_TIMEOUT, key, conn.id));
-                    }
+                    input_ended(
+                        &self.sequencer,
+                        &mut self.fanout,
+                        &mut self.unsettled,
+                        &mut self.side_deadlines,
+                        (key, conn),
+                        now,
+                    );
                     if reason.is_failure() {
                         // Logged now: however the connection ends later (a time-out, a slow
                         // consumer, a reset), the fault is what the operator needs to see.
@@ -1167,6 +1161,28 @@ impl EventLoop {
 
 /// `now + after`, or a century from now when that overflows (a library caller may ask for
 /// `Duration::MAX`).
+/// A client's input ended (its end of stream, a WebSocket close or fault): it is owed up to
+/// where the order ends once its own last messages are in it: at once, but in a cluster once
+/// they came back from Redis (see `EventLoop::settle_ends`), and not later than the side
+/// deadline (they may never come back: a Redis that lost them).
+fn input_ended(
+    sequencer: &Sequencer,
+    fanout: &mut Fanout,
+    unsettled: &mut Vec<(usize, u64, u64)>,
+    side_deadlines: &mut VecDeque<(Instant, usize, u64)>,
+    (key, conn): (usize, &mut Connection),
+    now: Instant,
+) {
+    if sequencer.settled(conn.last_ticket) {
+        conn.eof_at = Some(sequencer.join_point(&fanout.log, None));
+        fanout.wake(key, conn);
+    } else {
+        conn.eof_at = Some(u64::MAX);
+        unsettled.push((key, conn.id, conn.last_ticket));
+        side_deadlines.push_back((now + web::SIDE_TIMEOUT, key, conn.id));
+    }
+}
+
 fn later(now: Instant, after: Duration) -> Instant {
     now.checked_add(after)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
