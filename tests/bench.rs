@@ -146,6 +146,17 @@ fn bench_result(addr: SocketAddr, target: &str) -> (bool, String) {
 }
 
 #[test]
+fn bench_runs_clean_against_a_server_with_history_again_and_again() {
+    // The second run's subscribers are first sent the first run's last messages.
+    let server = Server::start(&["--history", "3", "--no-echo-self"]);
+    for _ in 0..2 {
+        let (ok, report) = bench(server.addr, "mob-line", &["--rate", "500"]);
+        assert_clean(ok, &report);
+        assert_eq!(report["corrupt"], 0, "{report}");
+    }
+}
+
+#[test]
 fn bench_checker_reports_loss_and_reordering() {
     let addr = faulty_relay();
     let (ok, report) = bench(addr, "mob-line", &["--rate", "1000"]);

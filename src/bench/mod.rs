@@ -807,6 +807,12 @@ impl Bench {
     /// One message reached subscriber `s`.
     fn deliver(&mut self, s: usize, payload: &[u8], now_ns: u64) {
         let stamp = payload::read(payload).filter(|_| payload.len() == self.config.size);
+        // Before its syncs a subscriber can only be sent what was relayed before this run (a
+        // server's `--history`, other clients): nothing of this run, nothing to check.
+        let is_sync = stamp.is_some_and(|st| st.publisher == SYNC_PUBLISHER);
+        if !is_sync && !self.subs[s].synced.iter().all(|&synced| synced) {
+            return;
+        }
         let Some(stamp) = stamp else {
             self.measured.corrupt += 1;
             return;
