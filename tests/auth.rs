@@ -323,3 +323,29 @@ fn a_plus_in_the_query_token_is_a_space_as_browsers_write_it() {
     eprintln!("{head}");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
+
+#[test]
+fn a_burst_of_clients_with_the_token_all_get_in() {
+    // 151 at once: more than a quarter of --max-connections wait to present their token.
+    let file = token_file("burst");
+    let server = Server::start(&[
+        "--auth-token-file",
+        file.to_str().unwrap(),
+        "--max-connections",
+        "400",
+        "--no-echo-self",
+    ]);
+    let out = util::mob()
+        .args(["bench", &server.addr.to_string(), "--token-file"])
+        .arg(&file)
+        .args(["--subscribers", "150", "--publishers", "1", "--rate", "100"])
+        .args(["--duration", "1", "--warmup", "0.2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -590,22 +590,34 @@ impl EventLoop {
         debug!(peer = %peer, event_loop = self.index, "connected");
     }
 
-    /// Clients that have not presented the token hold at most a quarter of
-    /// `--max-connections` (shared among the loops): at that many, the one that has waited
-    /// longest is closed for the newcomer. A client with the token needs one round trip to
-    /// present it; silent connections cannot keep it out, nor fill the server.
+    /// Clients that have not joined yet (TLS handshake, token) hold a quarter of
+    /// `--max-connections` (shared among the loops); past that, the one that has waited
+    /// longest is closed for the newcomer if it has waited a second (a client that will join
+    /// needs a round trip or two), and regardless once they hold half. So silent connections
+    /// cannot keep a client with the token out nor fill the server, and a burst of clients
+    /// that join at once (a reconnect after a restart) is not cut.
     fn make_room_to_wait_for_token(&mut self, now: Instant) {
-        let most = (self.config.max_connections / 4 / self.board.loops()).max(1);
-        let waiting = |c: &Connection| matches!(c.transport, Transport::Auth(_));
+        let share = |part: usize| (self.config.max_connections / part / self.board.loops()).max(1);
+        let (soft, hard) = (share(4), share(2));
+        let waiting_since = |c: &Connection| match &c.transport {
+            Transport::Auth(wait) => Some(wait.deadline - web::SIDE_TIMEOUT),
+            _ => None,
+        };
         self.waiting_for_token.retain(|&(key, id)| {
             self.conns
                 .get(key)
-                .is_some_and(|c| c.id == id && waiting(c))
+                .is_some_and(|c| c.id == id && waiting_since(c).is_some())
         });
-        while self.waiting_for_token.len() >= most {
-            let Some((key, _)) = self.waiting_for_token.pop_front() else {
+        while self.waiting_for_token.len() >= soft {
+            let Some(&(key, _)) = self.waiting_for_token.front() else {
                 break;
             };
+            let since = self.conns.get(key).and_then(waiting_since).unwrap_or(now);
+            let young = now.saturating_duration_since(since) < WAIT_BEFORE_DISPLACED;
+            if young && self.waiting_for_token.len() < hard {
+                break;
+            }
+            self.waiting_for_token.pop_front();
             self.closing.push((key, DisconnectReason::Displaced));
         }
         // Closed now, so the next accept in this turn finds its place free.
@@ -1182,6 +1194,10 @@ fn input_ended(
         side_deadlines.push_back((now + web::SIDE_TIMEOUT, key, conn.id));
     }
 }
+
+/// A client that has not joined is displaced by a newcomer (past a quarter of
+/// `--max-connections` waiting) only once it has waited this long.
+const WAIT_BEFORE_DISPLACED: Duration = Duration::from_secs(1);
 
 fn later(now: Instant, after: Duration) -> Instant {
     now.checked_add(after)
