@@ -164,8 +164,12 @@ impl ServerConfig {
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err("--idle-timeout must be above 0 (leave it out to turn it off)".into());
         }
-        if self.cluster.as_ref().is_some_and(|c| c.keep == 0) {
-            return Err("--cluster-keep must be at least 1".into());
+        if let Some(cluster) = &self.cluster {
+            if cluster.keep == 0 {
+                return Err("--cluster-keep must be at least 1".into());
+            }
+            // A URL that cannot work is refused before anything listens.
+            cluster.client()?;
         }
         Ok(())
     }

@@ -64,6 +64,29 @@ pub struct ClusterConfig {
     pub keep: usize,
 }
 
+impl ClusterConfig {
+    /// The Redis client for the URL, or an error naming the flag (and not the password).
+    pub fn client(&self) -> Result<redis::Client, String> {
+        if self.channel.is_empty() {
+            return Err("--cluster-channel must not be empty".into());
+        }
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| format!("--cluster {}: {e}", redacted(&self.url)))
+    }
+}
+
+/// `url` without the password (or user and password) it may carry: for log lines.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// What the event loops hand to the publisher: read batches not yet in Redis.
 ///
 /// Bounded: what it holds counts against the loops' read budget (`Sequencer::pressure`), so
@@ -274,11 +297,11 @@ impl Backplane {
         held_for: impl Fn(usize) -> usize + Send + 'static,
         health: Arc<Health>,
     ) -> Result<Backplane, String> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| format!("--cluster {}: {e}", config.url))?;
+        let client = config.client()?;
         let node: u64 = rand_id();
         let key = config.channel.clone();
-        let url = config.url.clone();
+        // For log lines: without a password the URL may carry.
+        let url = redacted(&config.url);
         let keep = config.keep;
         let mut threads = Vec::new();
         let reader_outbox = Arc::clone(&outbox);
@@ -808,5 +831,31 @@ fn as_string(v: Value) -> Option<String> {
         Value::BulkString(b) => String::from_utf8(b).ok(),
         Value::SimpleString(s) => Some(s),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_logged_without_its_password() {
+        assert_eq!(redacted("redis://:pw@h:1/2"), "redis://***@h:1/2");
+        assert_eq!(redacted("redis://u:p@ss@h:1"), "redis://***@h:1");
+        assert_eq!(redacted("redis://h:1/x@y"), "redis://h:1/x@y");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let bad = ClusterConfig {
+            url: "redis://:secret@127.0.0.1:1/notanumber".into(),
+            channel: "mob".into(),
+            keep: 1,
+        };
+        let e = bad.client().unwrap_err();
+        assert!(e.contains("--cluster") && !e.contains("secret"), "{e}");
+        let empty = ClusterConfig {
+            url: "redis://127.0.0.1:1".into(),
+            channel: String::new(),
+            keep: 1,
+        };
+        assert!(empty.client().unwrap_err().contains("--cluster-channel"));
     }
 }
