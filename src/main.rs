@@ -144,8 +144,8 @@ struct ChatArgs {
 /// `--auth-token-file`.
 #[derive(Args)]
 struct AccessArgs {
-    /// Send the token in this file first (for `serve --auth-token-file`); for ws and mob-ws it
-    /// goes in the request URL as ?token=.
+    /// Send the token in this file first (for `serve --auth-token-file`): as the first
+    /// message, or as ?token= in a WebSocket request URL (bench's ws and mob-ws).
     #[arg(long, value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
     /// Connect over TLS, trusting the built-in (Mozilla) roots unless --ca is given.
