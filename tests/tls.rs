@@ -59,10 +59,13 @@ impl Cert {
     }
 
     /// `mob serve` over TLS with this certificate, and `args`.
+    /// (Its log says at debug level when a client has joined: see [`TlsClient::join`].)
     fn serve(&self, args: &[&str]) -> Server {
         let (cert, key) = (self.cert_path(), self.key_path());
         let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
-        Server::start(&[&tls[..], args].concat())
+        let mut cmd = util::mob();
+        cmd.env("RUST_LOG", "info,rustls=off,mob::server::event_loop=debug");
+        Server::start_with(cmd, &[&tls[..], args].concat())
     }
 
     /// A client configuration that trusts this certificate only.
@@ -95,6 +98,24 @@ struct TlsClient {
 impl TlsClient {
     fn connect(cert: &Cert, addr: SocketAddr) -> TlsClient {
         TlsClient::over(cert, TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connected to `server`'s TCP port and a receiver: a TLS client joins once the server
+    /// has its handshake's last message, a moment after the client's handshake is done (on
+    /// any loop), so this waits for the server's word.
+    fn join(cert: &Cert, server: &Server) -> TlsClient {
+        TlsClient::connect(cert, server.addr).joined(server)
+    }
+
+    /// As [`join`](Self::join), with a 4 KiB receive buffer.
+    fn join_small_buffer(cert: &Cert, server: &Server) -> TlsClient {
+        TlsClient::connect_small_buffer(cert, server.addr).joined(server)
+    }
+
+    fn joined(self, server: &Server) -> TlsClient {
+        let peer = format!("peer={}", self.local_addr());
+        server.log.wait_for(&[": joined", &peer]);
+        self
     }
 
     /// With a 4 KiB receive buffer, so that the server's writes stop part way.
@@ -212,8 +233,8 @@ fn numbered_lines(from: &str, total: usize) -> Vec<u8> {
 fn tls_line_clients_relay_to_each_other_in_order() {
     let cert = Cert::new("relay");
     let server = cert.serve(&[]);
-    let mut a = TlsClient::connect(&cert, server.addr);
-    let mut b = TlsClient::connect(&cert, server.addr);
+    let mut a = TlsClient::join(&cert, &server);
+    let mut b = TlsClient::join(&cert, &server);
     a.send(b"ready\n");
     b.expect(b"ready\n");
     a.expect(b"ready\n");
@@ -257,7 +278,7 @@ fn wss(
 fn tls_and_wss_clients_share_one_order() {
     let cert = Cert::new("wss");
     let server = cert.serve(&["--http", "127.0.0.1:0"]);
-    let mut line = TlsClient::connect(&cert, server.addr);
+    let mut line = TlsClient::join(&cert, &server);
     let mut ws = wss(&cert, server.http_addr());
     ws.send(Message::text("hello from wss")).unwrap();
     line.expect(b"hello from wss\n");
@@ -319,8 +340,8 @@ fn a_large_burst_reaches_a_tls_receiver_whole() {
     // Its 4 KiB buffer, and not reading until the whole burst was sent, fill the server's
     // socket: writes stop part way through rustls's records, and the last records wait for
     // the socket after the receiver's cursor has caught up.
-    let mut receiver = TlsClient::connect_small_buffer(&cert, server.addr);
-    let mut sender = TlsClient::connect(&cert, server.addr);
+    let mut receiver = TlsClient::join_small_buffer(&cert, &server);
+    let mut sender = TlsClient::join(&cert, &server);
     sender.send(b"ready\n");
     receiver.expect(b"ready\n");
     let burst = numbered_lines("burst", 16 * MIB);
@@ -356,7 +377,7 @@ fn a_plain_text_client_on_a_tls_port_is_closed_and_logged_naming_it() {
         let line = server.log.wait_for(&["TLS: ", &peer]);
         assert!(line.contains("disconnected"), "{line}");
         // TLS clients are still served.
-        let mut ok = TlsClient::connect(&cert, server.addr);
+        let mut ok = TlsClient::join(&cert, &server);
         ok.send(b"still here\n");
         ok.expect(b"still here\n");
     }
@@ -460,9 +481,9 @@ fn tls_receivers_that_never_read_are_cut_as_slow_consumers_and_memory_stays_boun
     // be full, if the server took plaintext into sessions without bound: 40 of them, over
     // 40 MiB. Bounded, each holds at most 64 KiB of records.
     let stalled: Vec<TlsClient> = (0..40)
-        .map(|_| TlsClient::connect_small_buffer(&cert, server.addr))
+        .map(|_| TlsClient::join_small_buffer(&cert, &server))
         .collect();
-    let mut sender = TlsClient::connect(&cert, server.addr);
+    let mut sender = TlsClient::join(&cert, &server);
     let chunk = numbered_lines("flood", MIB);
     for _ in 0..64 {
         sender.send(&chunk);
@@ -488,10 +509,10 @@ fn slow_tls_receivers_hold_at_most_64_kib_of_ciphertext_each() {
     let cert = Cert::new("held");
     let server = cert.serve(&["--max-pending", "64MiB", "--no-echo-self"]);
     let mut slow: Vec<TlsClient> = (0..20)
-        .map(|_| TlsClient::connect_small_buffer(&cert, server.addr))
+        .map(|_| TlsClient::join_small_buffer(&cert, &server))
         .collect();
-    let mut reader = TlsClient::connect(&cert, server.addr);
-    let mut sender = TlsClient::connect(&cert, server.addr);
+    let mut reader = TlsClient::join(&cert, &server);
+    let mut sender = TlsClient::join(&cert, &server);
     // 8 MiB of 1 KiB lines; the reader's copy says the server has it all in its log.
     let line = |i: usize| format!("{i:08} {}\n", "x".repeat(1014)).into_bytes();
     let burst: Vec<u8> = (0..8 * 1024).flat_map(line).collect();
@@ -527,9 +548,9 @@ fn slow_tls_receivers_hold_at_most_64_kib_of_ciphertext_each() {
 fn shutdown_delivers_everything_queued_to_a_tls_client_then_closes_cleanly() {
     let cert = Cert::new("shutdown");
     let mut server = cert.serve(&["--max-pending", "64MiB", "--no-echo-self"]);
-    let mut stalled = TlsClient::connect_small_buffer(&cert, server.addr);
-    let mut reader = TlsClient::connect(&cert, server.addr);
-    let mut publisher = TlsClient::connect(&cert, server.addr);
+    let mut stalled = TlsClient::join_small_buffer(&cert, &server);
+    let mut reader = TlsClient::join(&cert, &server);
+    let mut publisher = TlsClient::join(&cert, &server);
     publisher.send(b"ready\n");
     stalled.expect(b"ready\n");
     reader.expect(b"ready\n");
@@ -570,7 +591,7 @@ fn a_python_ssl_client_is_served() {
     }
     let cert = Cert::new("python");
     let server = cert.serve(&[]);
-    let mut watcher = TlsClient::connect(&cert, server.addr);
+    let mut watcher = TlsClient::join(&cert, &server);
     let script = r#"
 import socket, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[1])
@@ -625,6 +646,7 @@ fn tls_clients_present_the_token_and_mob_bench_speaks_tls_to_mob() {
     let server = cert.serve(&["--auth-token-file", &token, "--no-echo-self"]);
     let mut a = TlsClient::connect(&cert, server.addr);
     a.send(b"tls token\na in\n");
+    let mut a = a.joined(&server);
     let mut b = TlsClient::connect(&cert, server.addr);
     // The token split over records, then a line in the same record as its end.
     b.send(b"tls ");
@@ -670,7 +692,7 @@ fn tls_clients_present_the_token_and_mob_bench_speaks_tls_to_mob() {
 fn a_client_that_sends_close_notify_gets_all_then_close_notify() {
     let cert = Cert::new("review-eof");
     let server = cert.serve(&[]);
-    let mut client = TlsClient::connect(&cert, server.addr);
+    let mut client = TlsClient::join(&cert, &server);
     client.send(b"one\ntwo\n");
     client.expect(b"one\n");
     client.tls.conn.send_close_notify();
@@ -685,7 +707,7 @@ fn a_client_that_sends_close_notify_gets_all_then_close_notify() {
 fn a_client_that_half_closes_gets_all_then_close_notify() {
     let cert = Cert::new("review-fin");
     let server = cert.serve(&[]);
-    let mut client = TlsClient::connect(&cert, server.addr);
+    let mut client = TlsClient::join(&cert, &server);
     client.send(b"one\ntwo\n");
     client.expect(b"one\n");
     client.tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
@@ -702,8 +724,8 @@ fn connections_that_never_finish_the_handshake_hold_at_most_80_kib_each() {
     const N: usize = 200;
     let cert = Cert::new("review-hs");
     let server = cert.serve(&["--no-echo-self"]);
-    let mut reader = TlsClient::connect(&cert, server.addr);
-    let mut sender = TlsClient::connect(&cert, server.addr);
+    let mut reader = TlsClient::join(&cert, &server);
+    let mut sender = TlsClient::join(&cert, &server);
     sender.send(b"warm\n");
     reader.expect(b"warm\n");
     let before = server.rss();
@@ -749,7 +771,7 @@ fn connections_that_never_finish_the_handshake_hold_at_most_80_kib_each() {
 fn a_client_that_never_completes_its_handshake_is_closed_after_10_s_and_sent_nothing() {
     let cert = Cert::new("silent");
     let server = cert.serve(&[]);
-    let mut publisher = TlsClient::connect(&cert, server.addr);
+    let mut publisher = TlsClient::join(&cert, &server);
     // A plain-text listener (nc) on the TLS port: it says nothing, so no alert either.
     let mut silent = TcpStream::connect(server.addr).unwrap();
     silent.set_read_timeout(Some(DEADLINE)).unwrap();

@@ -139,11 +139,14 @@ impl Server {
         if !args.contains(&"--threads") {
             cmd.args(["--threads", &threads().to_string()]);
         }
-        let mut child = cmd
-            .env(
+        // A test's own filter (set on `cmd`) wins over the default.
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env(
                 "RUST_LOG",
                 std::env::var("MOB_TEST_LOG").unwrap_or("info".into()),
-            )
+            );
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
