@@ -24,6 +24,8 @@
 //!   WebSocket).
 //! - [`client`]: what those two clients share: the TLS client configuration (`--tls`, `--ca`)
 //!   and the token (`--token-file`) in a WebSocket request.
+//! - `fuzzing`: the properties the fuzz targets (`fuzz/`) check, also replayed by
+//!   `tests/fuzz_replay.rs` over the saved corpora (hidden from the docs).
 //! - `sys.rs`: the two system calls made by hand (`read(2)` into spare capacity, the
 //!   open-files limit), shared by the server and the bench.
 //! - `main.rs`: the `mob` command line, nothing more.
@@ -59,6 +61,8 @@ pub mod chat;
 pub mod client;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod protocol;
 pub mod server;
 mod sys;
