@@ -349,3 +349,26 @@ fn a_burst_of_clients_with_the_token_all_get_in() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn each_newcomer_displaces_at_most_one_client_that_has_waited() {
+    // A quarter of 8 is 2, half is 4: four silent clients may wait, young ones undisturbed.
+    let server = start("displace-one", &["--max-connections", "8"]);
+    let mut silent: Vec<Client> = (0..4).map(|_| server.connect()).collect();
+    for c in &mut silent {
+        let (_, closed) = c.read_until_quiet(Duration::from_millis(100));
+        assert!(!closed, "a young waiting client was displaced");
+    }
+    // They grow old (a time-based rule: nothing else to wait for).
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut newcomer = server.connect();
+    newcomer.send(format!("{TOKEN}\nnew\n").as_bytes());
+    newcomer.expect(b"new\n");
+    let closed: Vec<bool> = silent
+        .iter_mut()
+        .map(|c| c.read_until_quiet(Duration::from_millis(200)).1)
+        .collect();
+    // (With several loops, the oldest on the newcomer's loop.)
+    let displaced = closed.iter().filter(|&&c| c).count();
+    assert_eq!(displaced, 1, "one newcomer displaced {closed:?}");
+}

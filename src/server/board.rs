@@ -54,6 +54,8 @@ pub struct Board {
     loads: Vec<AtomicUsize>,
     /// Connections open over all loops, against `--max-connections`.
     open: AtomicUsize,
+    /// Of those, TCP clients not joined yet (TLS handshake, token), over all loops.
+    waiting: AtomicUsize,
     shutdown: AtomicBool,
     /// Wakes actually sent (a rung bell that was already pending sends none).
     wakes: AtomicU64,
@@ -79,6 +81,7 @@ impl Board {
             floors: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
             loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             open: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             wakes: AtomicU64::new(0),
             published: (0..n).map(|_| Published::default()).collect(),
@@ -148,6 +151,20 @@ impl Board {
             .unwrap_or(0);
         self.loads[i].fetch_add(1, Ordering::Relaxed);
         Some(i)
+    }
+
+    /// TCP clients not joined yet, over all loops.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// A client starts (`true`) or stops waiting to join.
+    pub fn set_waiting(&self, waiting: bool) {
+        if waiting {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// A connection served by loop `i` was closed (or never taken in).

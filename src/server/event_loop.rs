@@ -560,6 +560,7 @@ impl EventLoop {
             let wait = Box::new(AuthWait::new(now));
             self.side_deadlines.push_back((wait.deadline, key, id));
             self.waiting_for_token.push_back((key, id));
+            self.board.set_waiting(true);
             let transport = Transport::Auth(wait);
             entry
                 .insert(Connection::new(socket, peer, id, decoder, transport, now))
@@ -590,15 +591,15 @@ impl EventLoop {
         debug!(peer = %peer, event_loop = self.index, "connected");
     }
 
-    /// Clients that have not joined yet (TLS handshake, token) hold a quarter of
-    /// `--max-connections` (shared among the loops); past that, the one that has waited
-    /// longest is closed for the newcomer if it has waited a second (a client that will join
-    /// needs a round trip or two), and regardless once they hold half. So silent connections
-    /// cannot keep a client with the token out nor fill the server, and a burst of clients
-    /// that join at once (a reconnect after a restart) is not cut.
+    /// Clients that have not joined yet (TLS handshake, token), over all loops, hold a
+    /// quarter of `--max-connections`; past that, each newcomer closes one: the one that has
+    /// waited longest here, if it has waited a second (a client that will join needs a round
+    /// trip or two), and whatever its age once they hold half. So silent connections cannot
+    /// keep a client with the token out nor fill the server, and a burst of clients that join
+    /// at once (a reconnect after a restart) is not cut.
     fn make_room_to_wait_for_token(&mut self, now: Instant) {
-        let share = |part: usize| (self.config.max_connections / part / self.board.loops()).max(1);
-        let (soft, hard) = (share(4), share(2));
+        let max = self.config.max_connections;
+        let (soft, hard) = ((max / 4).max(1), (max / 2).max(1));
         let waiting_since = |c: &Connection| match &c.transport {
             Transport::Auth(wait) => Some(wait.deadline - web::SIDE_TIMEOUT),
             _ => None,
@@ -608,20 +609,21 @@ impl EventLoop {
                 .get(key)
                 .is_some_and(|c| c.id == id && waiting_since(c).is_some())
         });
-        while self.waiting_for_token.len() >= soft {
-            let Some(&(key, _)) = self.waiting_for_token.front() else {
-                break;
-            };
-            let since = self.conns.get(key).and_then(waiting_since).unwrap_or(now);
-            let young = now.saturating_duration_since(since) < WAIT_BEFORE_DISPLACED;
-            if young && self.waiting_for_token.len() < hard {
-                break;
-            }
+        let waiting = self.board.waiting();
+        if waiting < soft {
+            return;
+        }
+        let Some(&(key, _)) = self.waiting_for_token.front() else {
+            return;
+        };
+        let since = self.conns.get(key).and_then(waiting_since).unwrap_or(now);
+        let old = now.saturating_duration_since(since) >= WAIT_BEFORE_DISPLACED;
+        if old || waiting >= hard {
             self.waiting_for_token.pop_front();
             self.closing.push((key, DisconnectReason::Displaced));
+            // Closed now, so the next accept in this turn finds its place free.
+            self.close_pending(now);
         }
-        // Closed now, so the next accept in this turn finds its place free.
-        self.close_pending(now);
     }
 
     /// Drives the TLS handshake of a client that has not joined yet, then reads its first
@@ -641,6 +643,7 @@ impl EventLoop {
             Authenticated::No(reason) => self.closing.push((key, reason)),
             Authenticated::Yes => {
                 conn.transport = Transport::Tcp;
+                self.board.set_waiting(false);
                 if conn.wants_writable {
                     // Registered for the TLS handshake's writes: a receiver's interest is
                     // kept in step with its flushes from here on.
@@ -921,6 +924,9 @@ impl EventLoop {
                 let websocket = conn.is_websocket();
                 self.fanout
                     .leave((conn.member_index, conn.id), websocket, &mut self.conns);
+            }
+            if matches!(conn.transport, Transport::Auth(_)) {
+                self.board.set_waiting(false);
             }
             self.board.closed(self.index);
             // Closing the socket removes it from epoll anyway; a failure here changes nothing.
