@@ -53,8 +53,8 @@ const BACKLOG_WAIT: Duration = Duration::from_millis(100);
 /// Backoff between attempts to reach Redis: from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
-/// Where the backplane is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the backplane is. (Its `Debug` shows the URL without a password.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// `redis://HOST:PORT`.
     pub url: String,
@@ -62,6 +62,16 @@ pub struct ClusterConfig {
     pub channel: String,
     /// About how many entries the stream keeps (Redis trims in whole blocks of entries).
     pub keep: usize,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("url", &redacted(&self.url))
+            .field("channel", &self.channel)
+            .field("keep", &self.keep)
+            .finish()
+    }
 }
 
 impl ClusterConfig {
@@ -76,14 +86,20 @@ impl ClusterConfig {
 }
 
 /// `url` without the password (or user and password) it may carry: for log lines.
+/// The user information is everything before the last `@` (a password may hold `/`), and a
+/// query is left out whole (`redis+unix://` takes the password as `?pass=`); a path holding
+/// an `@` is shown shorter than it is, never a password longer.
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return "(a URL without scheme://)".into();
     };
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, _)) => (rest, "?..."),
+        None => (rest, ""),
+    };
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}://***@{}{query}", &rest[at + 1..]),
+        None => format!("{scheme}://{rest}{query}"),
     }
 }
 
@@ -842,7 +858,12 @@ mod tests {
     fn a_url_is_logged_without_its_password() {
         assert_eq!(redacted("redis://:pw@h:1/2"), "redis://***@h:1/2");
         assert_eq!(redacted("redis://u:p@ss@h:1"), "redis://***@h:1");
-        assert_eq!(redacted("redis://h:1/x@y"), "redis://h:1/x@y");
+        assert_eq!(redacted("redis://:pa/ss@h:1"), "redis://***@h:1");
+        assert_eq!(
+            redacted("redis+unix:///tmp/x.sock?pass=TOPSECRET"),
+            "redis+unix:///tmp/x.sock?..."
+        );
+        assert!(!redacted("nonsense:secret").contains("secret"));
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         let bad = ClusterConfig {
             url: "redis://:secret@127.0.0.1:1/notanumber".into(),
