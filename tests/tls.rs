@@ -113,8 +113,9 @@ impl TlsClient {
     }
 
     fn joined(self, server: &Server) -> TlsClient {
-        let peer = format!("peer={}", self.local_addr());
-        server.log.wait_for(&[": joined", &peer]);
+        // The whole field, so port 4000 does not match 40001.
+        let peer = format!("joined peer={} event_loop=", self.local_addr());
+        server.log.wait_for(&[&peer]);
         self
     }
 
