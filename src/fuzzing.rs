@@ -6,8 +6,15 @@
 
 use bytes::BytesMut;
 
+use std::collections::BTreeMap;
+
+use clap::error::ErrorKind;
+use clap::{ArgAction, FromArgMatches};
+
 use crate::auth::{self, FirstMessage, Token};
+use crate::cli::{self, ServeArgs};
 use crate::config::{self, SlowConsumerPolicy};
+use crate::config_file::{self, SettingsError};
 use crate::protocol::{Decoder, Next, Protocol};
 use crate::ws::frame::{self, Received};
 use crate::ws::handshake::{self, Origins, Parsed, Route};
@@ -16,12 +23,13 @@ use crate::ws::handshake::{self, Origins, Parsed, Route};
 pub type Property = fn(&[u8]);
 
 /// The fuzz targets, by name, with the property each one checks.
-pub const TARGETS: [(&str, Property); 5] = [
+pub const TARGETS: [(&str, Property); 6] = [
     ("line_frame", line_frame),
     ("ws_frame", ws_frame),
     ("http_head", http_head),
     ("auth", auth),
     ("sizes", sizes),
+    ("config_file", config_file),
 ];
 
 /// `line`, `frame` and `raw` decoding. Input: protocol, limit, two chunk sizes, then the stream.
@@ -332,4 +340,131 @@ pub fn sizes(data: &[u8]) {
     if let Ok(p) = text.parse::<SlowConsumerPolicy>() {
         assert_eq!(p.to_string(), text);
     }
+}
+
+/// The config file of `mob serve --config`. Input: the file's text (read as UTF-8, a bad byte
+/// replaced).
+///
+/// - No panic, and an error names a key the file has (an unknown key is no flag of `serve`).
+/// - What a file stands for is one `--key=value` per key (per item of a repeatable flag's
+///   list), the key a long flag of `serve` other than `config` and `help`.
+/// - `serve` parses those flags or refuses a value (or a flag's missing partner), never the
+///   flags themselves; what it parses converts to `ServeArgs`, and it read each flag's value
+///   as the file gave it (for a repeatable flag, every item in order).
+/// - Written back as a file of strings, the flags parse to themselves: a number or a switch
+///   in a file is its text, and any string survives the `--key=value` form.
+pub fn config_file(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let flags = match config_file::flags(&text) {
+        Ok(flags) => flags,
+        Err(SettingsError::Toml(_)) => return,
+        Err(SettingsError::UnknownKey(key)) => {
+            let table: toml::Table = text.parse().expect("the file parsed");
+            assert!(
+                table.contains_key(&key),
+                "unknown key {key:?} not in the file"
+            );
+            assert!(
+                ["config", "help"].contains(&key.as_str())
+                    || cli::serve_command()
+                        .get_arguments()
+                        .all(|a| a.get_long() != Some(&key)),
+                "{key:?} is a flag"
+            );
+            return;
+        }
+        Err(SettingsError::WrongKind { key, .. }) => {
+            let table: toml::Table = text.parse().expect("the file parsed");
+            assert!(
+                table.contains_key(&key),
+                "wrong key {key:?} not in the file"
+            );
+            return;
+        }
+    };
+
+    let table: toml::Table = text.parse().expect("the file parsed");
+    let expected: usize = table
+        .values()
+        .map(|v| v.as_array().map_or(1, Vec::len))
+        .sum();
+    assert_eq!(flags.len(), expected, "not one flag per value");
+    let serve = cli::serve_command();
+    // Each key's values, in the order of the flags.
+    let mut values: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for flag in &flags {
+        let flag = flag.to_str().expect("a flag from text is text");
+        let (key, value) = flag
+            .strip_prefix("--")
+            .and_then(|f| f.split_once('='))
+            .unwrap_or_else(|| panic!("{flag:?} is not --key=value"));
+        assert!(table.contains_key(key) && !["config", "help"].contains(&key));
+        values.entry(key).or_default().push(value);
+    }
+
+    let argv = std::iter::once("serve".into()).chain(flags.iter().cloned());
+    match serve.clone().try_get_matches_from(argv) {
+        Ok(matches) => {
+            for (key, given) in &values {
+                let raw: Vec<&str> = matches
+                    .get_raw(serve_arg(&serve, key).get_id().as_str())
+                    .expect("a flag given has a value")
+                    .map(|v| v.to_str().expect("text"))
+                    .collect();
+                assert_eq!(&raw, given, "--{key} read as another value");
+            }
+            if let Err(e) = ServeArgs::from_arg_matches(&matches) {
+                panic!("parsed but not converted: {e}");
+            }
+        }
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::InvalidValue
+                    | ErrorKind::ValueValidation
+                    | ErrorKind::MissingRequiredArgument
+            ),
+            "serve refused the file's flags themselves: {:?} {e}",
+            e.kind()
+        ),
+    }
+
+    let mut again = String::new();
+    for (key, given) in &values {
+        let items: Vec<String> = given.iter().map(|v| toml_string(v)).collect();
+        // Only a repeatable flag takes a list.
+        if matches!(serve_arg(&serve, key).get_action(), ArgAction::Append) {
+            again.push_str(&format!("{key} = [{}]\n", items.join(", ")));
+        } else {
+            again.push_str(&format!("{key} = {}\n", items.concat()));
+        }
+    }
+    assert_eq!(
+        config_file::flags(&again).expect("the flags written back parse"),
+        flags,
+        "written back as {again:?}"
+    );
+}
+
+/// `serve`'s flag `--key`.
+fn serve_arg<'a>(serve: &'a clap::Command, key: &str) -> &'a clap::Arg {
+    serve
+        .get_arguments()
+        .find(|a| a.get_long() == Some(key))
+        .unwrap_or_else(|| panic!("--{key} is no flag of serve"))
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

@@ -5,6 +5,8 @@
 //! # Layout
 //!
 //! - [`config`]: [`ServerConfig`] with its documented defaults, and size parsing (`8MiB`).
+//! - [`cli`]: the flags of `mob serve` (clap); [`config_file`]: the TOML file of
+//!   `--config`, whose keys are those flags and whose values become them.
 //! - [`protocol`]: the wire formats (`raw`, `line`, `frame`) as pure code with no I/O: a
 //!   per-connection [`protocol::Decoder`] finds messages in a buffer, in their wire form.
 //! - [`server`]: the event loops. [`Server`] owns them; loop 0 holds the listener and hands
@@ -28,7 +30,8 @@
 //!   `tests/fuzz_replay.rs` over the saved corpora (hidden from the docs).
 //! - `sys.rs`: the two system calls made by hand (`read(2)` into spare capacity, the
 //!   open-files limit), shared by the server and the bench.
-//! - `main.rs`: the `mob` command line, nothing more.
+//! - `main.rs`: the `mob` command line (`chat` and `bench`'s flags, `serve`'s from [`cli`]),
+//!   nothing more.
 //!
 //! # One message, end to end
 //!
@@ -58,9 +61,11 @@
 pub mod auth;
 pub mod bench;
 pub mod chat;
+pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod config_file;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod protocol;

@@ -1,15 +1,15 @@
 //! The `mob` command: parses arguments, sets up logging and calls the library.
 
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use mob::bench::{BenchConfig, Target};
+use mob::cli::{LogFormat, ServeArgs};
 use mob::config::{parse_secs, parse_size};
 use mob::{Protocol, Server, ServerConfig, SlowConsumerPolicy};
 
@@ -27,105 +27,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    // A flag given twice takes the last: the values of --config come first, so the command
-    // line overrides them.
-    #[command(args_override_self = true)]
+    // (A flag given twice takes the last: ServeArgs says so, for --config.)
     Serve(Box<ServeArgs>),
     /// Interactive client: stdin lines go to the server, messages received go to stdout.
     Chat(ChatArgs),
     /// Load generator: publishers and subscribers against mob, Redis, NATS or a WebSocket
     /// broadcast server, with checks.
     Bench(BenchArgs),
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Read settings from this TOML file (keys are these flags' long names, e.g.
-    /// max-pending = "8MiB"); flags on the command line override it.
-    #[arg(long, value_name = "FILE")]
-    config: Option<std::path::PathBuf>,
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
-    listen: SocketAddr,
-    /// Wire protocol: raw (byte relay), line (newline-delimited) or frame (8-byte length prefix).
-    #[arg(long, default_value = "line", value_parser = ["raw", "line", "frame"])]
-    protocol: String,
-    /// Do not send a client its own messages (`--no-echo-self=false` undoes a config file's).
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
-          default_value_t = false, default_missing_value = "true")]
-    no_echo_self: bool,
-    /// Connections beyond this are accepted and closed at once.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
-    max_connections: usize,
-    /// Largest message a client may send (e.g. 4096, 64KiB, 1MiB); larger disconnects it.
-    #[arg(long, default_value = "1MiB", value_parser = parse_size, value_name = "BYTES")]
-    max_message: usize,
-    /// Bytes held for receivers that are behind, in total; a receiver further behind is a slow consumer.
-    #[arg(long, default_value = "8MiB", value_parser = parse_size, value_name = "BYTES")]
-    max_pending: usize,
-    /// What to do with a slow consumer: disconnect it, or drop messages it missed.
-    #[arg(long, default_value = "disconnect", value_parser = ["disconnect", "drop"])]
-    slow_consumer: String,
-    /// Close a client from which nothing arrived for this many seconds (off by default).
-    #[arg(long, value_parser = parse_secs, value_name = "SECS")]
-    idle_timeout: Option<Duration>,
-    /// On SIGINT/SIGTERM, longest to spend delivering what is queued.
-    #[arg(long, default_value = "5", value_parser = parse_secs, value_name = "SECS")]
-    shutdown_timeout: Duration,
-    /// Event loops, one thread each; every client sees the same order whichever loop serves it.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    threads: usize,
-    /// Also serve HTTP here (off by default): the chat page at `/`, WebSocket clients at `/ws`.
-    #[arg(long, value_name = "ADDR")]
-    http: Option<SocketAddr>,
-    /// A browser origin (e.g. https://example.com) allowed to open a WebSocket besides the
-    /// server's own host; repeatable; `*` allows any.
-    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
-    allowed_origins: Vec<String>,
-    /// A client that joins is first sent up to the last N messages relayed before it (as many
-    /// as --max-pending holds).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    history: u64,
-    /// Clients must present the token in this file (surrounding whitespace ignored) before
-    /// they join: TCP clients as their first message, WebSocket clients as ?token= or
-    /// Authorization: Bearer (off by default).
-    #[arg(long, value_name = "PATH")]
-    auth_token_file: Option<std::path::PathBuf>,
-    /// Join a cluster: every node with the same Redis and channel serves one broadcast in one
-    /// order (off by default).
-    #[arg(long, value_name = "redis://HOST:PORT")]
-    cluster: Option<String>,
-    /// The cluster's channel (the Redis stream's name).
-    #[arg(long, default_value = "mob", value_name = "NAME")]
-    cluster_channel: String,
-    /// About how many entries the cluster's stream keeps: a node that falls further behind
-    /// (stopped, or cut off from Redis) misses the oldest (logged as a gap).
-    #[arg(long, default_value_t = mob::cluster::STREAM_LENGTH, value_name = "ENTRIES")]
-    cluster_keep: usize,
-    /// Serve Prometheus metrics at /metrics (and /healthz) on this address (off by default).
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<SocketAddr>,
-    /// Serve TLS on the listener and on the --http listener (https, wss) with this certificate
-    /// chain (PEM, the server's certificate first); needs --tls-key.
-    #[arg(long, value_name = "PEM", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
-    /// How log lines on stderr are written: text for people, json (one object a line, fields
-    /// as keys) for log shippers.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-/// How log lines are written on stderr.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// One line of text per event, coloured on a terminal.
-    Text,
-    /// One JSON object per line, with the level, target, message and every field as keys, so a
-    /// log shipper can index `peer` or `reason` without parsing the message.
-    Json,
 }
 
 #[derive(Args)]
@@ -210,10 +118,11 @@ struct BenchArgs {
 fn main() -> ExitCode {
     // Parsed before logging starts, so that `serve` can choose the format; clap's own errors
     // are written by clap and never go through the log.
-    let argv = match config_file::expand(std::env::args_os().collect()) {
+    let argv = match mob::config_file::expand(std::env::args_os().collect()) {
         Ok(argv) => argv,
         Err(e) => {
-            eprintln!("mob: {e:#}");
+            // Through anyhow for its `{:#}`: the file, then what is wrong in it.
+            eprintln!("mob: {:#}", anyhow::Error::from(e));
             return ExitCode::FAILURE;
         }
     };
@@ -384,98 +293,4 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// `mob serve --config FILE`: the file's settings become flags placed before the command
-/// line's own, so that those override them (the subcommand takes the last of a flag given
-/// twice).
-mod config_file {
-    use std::ffi::OsString;
-    use std::path::Path;
-
-    use anyhow::{anyhow, Context};
-    use clap::{ArgAction, CommandFactory};
-
-    use super::Cli;
-
-    /// `argv` with the settings of `--config FILE` (if `serve` has one) inserted after
-    /// `serve`.
-    pub fn expand(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
-        let Some(serve) = argv.get(1).filter(|a| *a == "serve").map(|_| 1) else {
-            return Ok(argv);
-        };
-        let mut file = None;
-        for (i, arg) in argv.iter().enumerate().skip(serve + 1) {
-            if arg == "--" {
-                break; // what follows is no flag
-            }
-            if arg == "--config" {
-                file = argv.get(i + 1).cloned();
-            } else if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
-                file = Some(path.into());
-            }
-        }
-        let Some(file) = file else {
-            return Ok(argv);
-        };
-        let flags = settings(Path::new(&file))?;
-        let mut out = argv[..=serve].to_vec();
-        out.extend(flags);
-        out.extend(argv[serve + 1..].iter().cloned());
-        Ok(out)
-    }
-
-    /// The flags a config file stands for, checked against `mob serve`'s own.
-    fn settings(path: &Path) -> anyhow::Result<Vec<OsString>> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the config file {}", path.display()))?;
-        let table: toml::Table = text
-            .parse()
-            .with_context(|| format!("config file {}", path.display()))?;
-        let command = Cli::command();
-        let serve = command
-            .find_subcommand("serve")
-            .expect("the serve subcommand");
-        let mut flags = Vec::new();
-        for (key, value) in &table {
-            let arg = serve
-                .get_arguments()
-                .find(|a| a.get_long() == Some(key.as_str()) && key != "config" && key != "help")
-                .ok_or_else(|| {
-                    anyhow!(
-                        "config file {}: unknown key `{key}` (keys are the long flags of \
-                         `mob serve`, e.g. max-pending)",
-                        path.display()
-                    )
-                })?;
-            let repeatable = matches!(arg.get_action(), ArgAction::Append);
-            // Only durations take fractions (`0.5`): elsewhere `2.0` is a wrong kind of value.
-            let fractional = arg.get_value_names().is_some_and(|n| n == ["SECS"]);
-            let wrong =
-                |what: &str| anyhow!("config file {}: `{key}` takes {what}", path.display());
-            // `--key=value`, one argument: a value starting with `-` stays a value, and any
-            // error clap finds in it names the flag.
-            let setting = |v: &toml::Value| -> anyhow::Result<OsString> {
-                let text = match v {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(n) => n.to_string(),
-                    toml::Value::Float(f) if fractional => f.to_string(),
-                    toml::Value::Boolean(b) => b.to_string(),
-                    _ if fractional => return Err(wrong("a number of seconds")),
-                    _ => return Err(wrong("a string, a whole number or true/false")),
-                };
-                Ok(format!("--{key}={text}").into())
-            };
-            match value {
-                toml::Value::Array(items) if repeatable => {
-                    for item in items {
-                        flags.push(setting(item)?);
-                    }
-                }
-                toml::Value::Array(_) => return Err(wrong("one value, not a list")),
-                other => flags.push(setting(other)?),
-            }
-        }
-        Ok(flags)
-    }
 }

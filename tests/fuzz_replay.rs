@@ -39,6 +39,19 @@ fn every_fuzz_target_holds_over_its_corpus_and_past_failures() {
 }
 
 #[test]
+fn every_fuzz_binary_is_a_replayed_target() {
+    let targets = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/fuzz_targets");
+    for file in inputs(&targets) {
+        let name = file.file_stem().and_then(|s| s.to_str()).expect("a name");
+        assert!(
+            TARGETS.iter().any(|(target, _)| *target == name),
+            "{} is not in mob::fuzzing::TARGETS, so its corpus is not replayed",
+            file.display()
+        );
+    }
+}
+
+#[test]
 fn every_fuzz_target_has_a_binary() {
     let targets = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/fuzz_targets");
     for (target, _) in TARGETS {

@@ -23,6 +23,11 @@ def req(target=b"/ws", extra=b"", method=b"GET"):
             b"Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
             b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + KEY + b"\r\n" + extra + b"\r\n")
 
+EXAMPLE = open(os.path.join("dist", "mob.toml"), "rb").read()
+def uncommented(text):
+    return b"".join(l[2:] if l.startswith(b"# ") and b" = " in l else l
+                    for l in text.splitlines(keepends=True))
+
 seeds = {
     "line_frame": [
         b"\x00\xff\x03\x05" + b"hello\nworld\n\npartial",
@@ -71,6 +76,31 @@ seeds = {
         b"\x00\x05" + b"token" + b"/ws?token=a+b%2Bc&token=x",
         b"\x00\x02" + b"\x01x" + b"Bearer x",
     ],
+    # The example file, it with every line uncommented, and the kinds of value a file can hold.
+    "config_file": [EXAMPLE, uncommented(EXAMPLE)] + [s.encode() for s in [
+        'max-message = "16"\nno-echo-self = false\n',
+        'no-echo-self = true\nidle-timeout = 0.5\n',
+        'no-echo-self = ""\nlisten = ""\n',
+        'max-pendign = "8MiB"\n',
+        'threads = -1\nhistory = 9223372036854775807\n',
+        'threads = 2.0\n',
+        'threads = [1, 2]\n',
+        'threads = \n',
+        'idle-timeout = inf\nshutdown-timeout = -0.0\n',
+        'idle-timeout = 1e300\nshutdown-timeout = nan\n',
+        'idle-timeout = { a = 1 }\n',
+        'listen = 1979-05-27T07:32:00Z\n',
+        'allowed-origin = ["https://a.example", "*", 7, true, "-x", "a=b"]\n',
+        'allowed-origin = []\nallowed-origin-x = 1\n',
+        'allowed-origin = [[1]]\n',
+        '"max-message" = \'64KiB\'\nlog-format = "json"\n',
+        'tls-cert = "/c.pem"\n',
+        'cluster = "redis://:p@h:1/"\ncluster-keep = 0x10\n',
+        'protocol = """\nline"""\nslow-consumer = "drop\\u0000"\n',
+        'config = "x"\nhelp = true\n',
+        '[serve]\nthreads = 1\n',
+        'metrics = "127.0.0.1:0" # comment\n\u00e9 = 1\n',
+    ]],
     "sizes": [s.encode() for s in [
         "4096", "64KiB", "8 mib", "1G", "2KB", "1GiB", "99999999999GiB", "12parsecs", "",
         "0.5", "30", "1e7", "31536000", "3e-9", "-1", "NaN", "line", "frame", "raw", "drop",
