@@ -83,13 +83,13 @@ def fail(msg):
 class Server:
     """One `mob serve` process; its stderr (JSON log lines) goes to a file."""
 
-    def __init__(self, mob, name, args, logdir, cpu=None):
+    def __init__(self, mob, name, args, logdir):
         self.name = name
         self.log_path = os.path.join(logdir, f"{name}.log")
         self.log = open(self.log_path, "wb")
         cmd = [mob, "serve", "--listen", "127.0.0.1:0", "--log-format", "json", *args]
-        if cpu is not None and shutil.which("taskset"):
-            cmd = ["taskset", "-c", cpu, *cmd]
+        wrap = os.environ.get("SOAK_WRAP", "").split()  # e.g. "heaptrack -o /tmp/ht"
+        cmd = wrap + cmd
         env = dict(os.environ, RUST_LOG=os.environ.get("SOAK_RUST_LOG", "info"))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=env)
         self.addr = self.http = None
@@ -112,7 +112,7 @@ class Server:
                     self.addr = hostport(text.split()[-1])
                 elif text.startswith("http on "):
                     self.http = hostport(text.split()[-1])
-        self.pid = self.proc.pid  # taskset, if any, execs mob: the same process
+        self.pid = self.proc.pid if not wrap else child_named(self.proc.pid, "mob")
 
     def rss_kib(self):
         try:
@@ -132,7 +132,7 @@ class Server:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            os.kill(self.pid, signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -158,7 +158,8 @@ class Server:
                 try:
                     line = json.loads(text)
                 except ValueError:
-                    fail(f"{self.name}: log line that is not JSON: {text[:300]}")
+                    if not os.environ.get("SOAK_WRAP"):  # a wrapping tool writes its own lines
+                        fail(f"{self.name}: log line that is not JSON: {text[:300]}")
                     continue
                 level = line.get("level", "?")
                 levels[level] = levels.get(level, 0) + 1
@@ -172,6 +173,21 @@ class Server:
                     why = msg.split(": ", 1)[1].split(" (")[0].split(":")[0][:70]
                     reasons[why] = reasons.get(why, 0) + 1
         return levels, reasons
+
+
+def child_named(parent, comm):
+    """The process called `comm` under `parent` (the server under a SOAK_WRAP tool)."""
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read().strip()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent and name == comm:
+            return int(pid)
+    raise SystemExit(f"no {comm} process under {parent} (SOAK_WRAP)")
 
 
 def hostport(text):
