@@ -1,48 +1,28 @@
 #!/usr/bin/env python3
 """Soak mob with faults: a steady broadcast checked message by message while clients misbehave.
 
-Called by bench/soak.sh (which builds the binary first). Loopback only; bounded in time (every
-phase has a deadline) and stops every process it started, by PID.
+Called by bench/soak.sh (which builds the binary first); docs/SOAK.md says what runs, what
+fails it and what the last run found. Loopback only; every phase has a deadline; every process
+it starts is stopped by its PID when it ends, however it ends (and killed with it if it dies).
 
-Run 1 ("single") starts two servers, both `mob serve --threads 2 --log-format json`:
-  - A: `--protocol line --http`: TCP line clients and WebSocket clients on one broadcast;
-  - B: `--protocol frame --idle-timeout 3`: TCP frame clients (keepalive frames keep them).
-Run 2 ("cluster", when redis-server is installed) starts a redis-server and two nodes
-`--protocol line --http --cluster redis://...`: one broadcast over both nodes, and every 20 s
-Redis drops every node's connections (CLIENT KILL), which each node must survive without a
-loss or a repeat (the WARN lines this makes, naming Redis, are the only ones allowed without
-a peer).
+Run 1 ("single"): two servers, `mob serve --threads 2 --log-format json`, A with `--protocol
+line --http` (line and WebSocket clients on one broadcast), B with `--protocol frame
+--idle-timeout 6`. Run 2 ("cluster", when redis-server is installed): a redis-server on a unix
+socket and two nodes `--protocol line --http --cluster redis+unix://...`; every 20 s Redis
+drops every node's connections.
 
-In each group (A, B, the cluster) publishers send at a steady rate and healthy subscribers
-(line, frame, WebSocket) check every message: each publisher's sequence numbers come in order
-with no gap or repeat, each payload is the exact bytes sent, and at the end every healthy
-subscriber of a group has seen the same messages in the same order (a digest of everything it
-received from the first published message to the last publisher's end marker). Meanwhile the
-faults run, spread over every endpoint:
-  - churn: clients that connect, maybe send a message, read a little and close (tens a second);
-  - resets: clients that send part of a message and close with a reset (SO_LINGER 0);
-  - slow consumers: clients with a 4 KiB receive buffer that never read (each server has
-    --max-pending 1MiB, so it must cut them);
-  - garbage: an oversized line, an oversized or truncated frame, an unmasked WebSocket frame, a
-    reserved opcode, invalid UTF-8 in a text frame, a request that is not HTTP, a request head
-    that never ends: each must be closed by the server within its deadline;
-  - half-closed peers: send part of a message, shut their sending side, keep reading: the
-    server must finish and close;
-  - silent peers: connect and send nothing (on B closed by --idle-timeout, on the HTTP port
-    by its 10 s request deadline, elsewhere closed by us after a while). Loopback cannot make a
-    peer vanish without a FIN or reset; a vanished peer is, to the server, one that stops
-    reading (slow consumer) or one that is silent.
-
-It fails (exit status 1) on: a healthy subscriber or publisher cut off, any loss, duplicate,
-reorder or corrupt payload, groups whose subscribers disagree on the order; a garbage,
-half-closed or idle client the server does not close by its deadline; a server's RSS after
-warm-up growing more than 10% (median of the samples just after warm-up against the median of
-the last ones); open descriptors not back to the baseline once every client has gone; a log
-line with "panic", or a WARN/ERROR line that names no client (no `peer` field); a server that
-does not exit 0 on SIGTERM.
+Healthy subscribers check every publisher's message on arrival (sequence, exact bytes), every
+other client's message that left it whole exactly once and no part of one, and at the end that
+all of a broadcast's subscribers received the same messages in the same order. Meanwhile:
+churn, resets mid-message, slow consumers, garbage (each with the answer it must get), half-
+closed and silent peers. It fails on any loss, repeat, reorder or corruption; a client the
+server does not close by its deadline or a slow consumer it does not cut; RSS after warm-up
+growing more than 10%; descriptors not back to their baseline; a panic or a WARN/ERROR line
+that names no client; a server that crashes or does not exit 0 on SIGTERM.
 """
 
 import argparse
+import atexit
 import hashlib
 import json
 import os
@@ -60,9 +40,23 @@ import time
 
 MAX_MESSAGE = 64 * 1024
 MAX_PENDING = "1MiB"
-IDLE_TIMEOUT = 3  # server B
+IDLE_TIMEOUT = 6  # server B; longer than CLOSE_GRACE, so no bad client is closed as merely idle
+KEEPALIVE = 0.3  # seconds between a frame client's keepalives
 SIDE_TIMEOUT = 10  # mob's HTTP request head deadline (src/server/web.rs)
-CLOSE_GRACE = 5  # seconds on top of a server deadline before we call it a failure
+CLOSE_GRACE = 3  # seconds on top of a server deadline before we call it a failure
+
+
+def tcp_wmem_max():
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 << 20
+
+
+# A client that has not read while this much was published must have been cut: --max-pending,
+# what the kernel buffers for it on the server's side, and 2 MiB to spare.
+SLOW_CUT_BY = (1 << 20) + tcp_wmem_max() + (2 << 20)
 POOL = bytes(random.Random(7).choice(b"abcdefghijklmnopqrstuvwxyz0123456789-_") for _ in range(8192))
 
 failures = []
@@ -91,7 +85,11 @@ class Server:
         wrap = os.environ.get("SOAK_WRAP", "").split()  # e.g. "heaptrack -o /tmp/ht"
         cmd = wrap + cmd
         env = dict(os.environ, RUST_LOG=os.environ.get("SOAK_RUST_LOG", "info"))
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=env,
+                                     preexec_fn=die_with_parent)
+        started.append(self)
+        self.redis_drops = False  # the cluster run's Redis drops make expected warnings
+        self.reconnects = 0
         self.addr = self.http = None
         deadline = time.monotonic() + 30
         want_http = "--http" in args
@@ -145,9 +143,12 @@ class Server:
         self.log.close()
 
     def scan_log(self):
-        """Counts log lines by level; fails on panics and WARN/ERROR lines that name no peer."""
+        """Counts log lines by level; fails on panics and WARN/ERROR lines that name no peer.
+        Returns the counts, the disconnects by reason and the connections served (from the
+        server's last line)."""
         levels = {}
         reasons = {}
+        served = None
         with open(self.log_path, "rb") as f:
             for raw in f:
                 text = raw.decode(errors="replace").strip()
@@ -164,15 +165,41 @@ class Server:
                 level = line.get("level", "?")
                 levels[level] = levels.get(level, 0) + 1
                 msg = str(line.get("message", ""))
-                expected = getattr(self, "expected_warnings", None)
-                if level == "WARN" and expected and msg.startswith(expected[0]) and expected[1] in msg:
-                    continue
+                if self.redis_drops and msg.startswith("cluster: ") and " gets through " in msg:
+                    self.reconnects += 1
+                if (self.redis_drops and level == "WARN" and msg.startswith("cluster: ")
+                        and "retrying with backoff" in msg
+                        and any(why in msg for why in REDIS_DROPPED)):
+                    continue  # what a Redis drop makes a node say (it names Redis)
                 if level in ("WARN", "ERROR") and "peer" not in line:
                     fail(f"{self.name}: {level} line naming no client: {msg[:300]}")
-                if msg.startswith(("disconnected: ", "closing: ")):
-                    why = msg.split(": ", 1)[1].split(" (")[0].split(":")[0][:70]
-                    reasons[why] = reasons.get(why, 0) + 1
-        return levels, reasons
+                if msg.startswith("stopped: "):
+                    try:
+                        served = int(msg.split()[1])
+                        reasons = json.loads(msg.split("disconnects ", 1)[1])
+                    except (ValueError, IndexError):
+                        fail(f"{self.name}: cannot read its last line: {msg[:200]}")
+        return levels, reasons, served
+
+
+started = []  # every server and Redis, stopped by PID at exit whatever happens
+
+
+def die_with_parent():
+    """In the child before exec: killed if this script dies (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_all():
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
 
 
 def child_named(parent, comm):
@@ -190,29 +217,34 @@ def child_named(parent, comm):
     raise SystemExit(f"no {comm} process under {parent} (SOAK_WRAP)")
 
 
+# How the redis crate reports a connection Redis closed (CLIENT KILL).
+REDIS_DROPPED = ("unexpected end of file", "Connection reset", "Broken pipe", "broken pipe",
+                 "connection reset")
+
+
 def hostport(text):
     host, port = text.rsplit(":", 1)
     return (host.strip("[]"), int(port))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Redis:
+    """A redis-server of our own on a unix socket in the run's directory (no port to race
+    another process for)."""
+
     def __init__(self, logdir):
-        self.port = free_port()
+        self.path = os.path.join(logdir, "redis.sock")
         self.log = open(os.path.join(logdir, "redis.log"), "wb")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            ["redis-server", "--port", "0", "--unixsocket", self.path, "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no"],
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        started.append(self)
         deadline = time.monotonic() + 15
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(1)
+                    s.connect(self.path)
                     s.sendall(b"PING\r\n")
                     if s.recv(64).startswith(b"+PONG"):
                         return
@@ -377,27 +409,42 @@ def publisher_message(pub, seq, n):
 class Checker:
     """What one healthy subscriber (or publisher) saw, checked as it arrives."""
 
-    def __init__(self, name, group):
+    def __init__(self, name, group, joiner=False):
         self.name = name
         self.group = group
+        self.joiner = joiner  # a churn client: each publisher's sequence may start anywhere
         self.next = {}
-        self.synced = False
+        self.synced = joiner
         self.digest = None
         self.count = 0
         self.ends = set()
         self.final = None
         self.broken = False
+        self.churn = {}  # churn message id -> times received
+        self.tails = {}  # half-closed client id -> payloads received
 
     def feed(self, payload):
         if payload.startswith(b"S:"):
             self.synced = True
             return
-        if not self.synced or self.final is not None:
+        if not self.synced:
+            return
+        if self.final is not None:
+            # Nothing of a publisher's may come after its end marker.
+            if payload.startswith(b"P"):
+                self.problem(f"a publisher's message after the end markers: {payload[:40]!r}")
             return
         if payload.startswith(b"P"):
             self.check(payload)
-            if self.digest is None:
+            if self.digest is None and not self.joiner:
                 self.digest = hashlib.blake2b(digest_size=16)
+        elif payload.startswith(b"C:"):
+            self.churn[payload] = self.churn.get(payload, 0) + 1
+        elif payload.startswith(b"H:"):
+            key = payload.split(b".", 1)[0]
+            self.tails.setdefault(key, []).append(payload)
+        elif payload.startswith(b"R:"):
+            self.problem(f"part of a message whose sender reset was relayed: {payload[:40]!r}")
         if self.digest is None:
             return
         self.digest.update(struct.pack(">I", len(payload)))
@@ -415,14 +462,15 @@ class Checker:
         except (ValueError, IndexError):
             self.problem(f"corrupt message (cannot parse) {payload[:60]!r}")
             return
-        expect = self.next.get(pub, 0)
+        expect = self.next.get(pub, seq if self.joiner else 0)
         if rest != body(pub, seq, n):
             self.problem(f"corrupt payload: publisher {pub} message {seq}")
         elif seq != expect:
             what = "lost" if seq > expect else "duplicate or reordered"
             self.problem(f"{what}: publisher {pub} message {seq}, expected {expect}")
         self.next[pub] = seq + 1 if seq >= expect else expect
-        self.group.received += 1
+        if not self.joiner:
+            self.group.received += 1
 
     def problem(self, msg):
         if not self.broken:
@@ -440,16 +488,44 @@ class Group:
         self.ends = set()
         self.received = 0
 
+        self.churn_sent = set()  # churn messages that left their sender before it closed
+        self.tails_due = {}  # half-closed client id -> the payload it must be delivered as
+        self.tails_never = set()  # half-closed client ids whose part is no whole message
+        self.bytes = 0  # payload bytes published
+
     def compare(self, sent):
-        """At the end: every subscriber got every publisher's last message, and all of them the
-        same messages in the same order."""
+        """At the end: every subscriber got every publisher's last message, every other
+        client's message that left it whole exactly once and no part of one, and all of them
+        the same messages in the same order."""
         finals = {}
         for s in self.subscribers:
-            finals.setdefault(s.checker.final, []).append(s.checker.name)
+            c = s.checker
+            finals.setdefault(c.final, []).append(c.name)
             for pub, n in sent.items():
-                if s.checker.next.get(pub, 0) != n:
-                    fail(f"{self.name} {s.checker.name}: publisher {pub} sent {n} messages, "
-                         f"it got to {s.checker.next.get(pub, 0)}")
+                if c.next.get(pub, 0) != n:
+                    fail(f"{self.name} {c.name}: publisher {pub} sent {n} messages, "
+                         f"it got to {c.next.get(pub, 0)}")
+            missing = self.churn_sent - set(c.churn)
+            twice = [m for m, k in c.churn.items() if k > 1]
+            stray = set(c.churn) - self.churn_sent
+            if missing or twice or stray:
+                fail(f"{self.name} {c.name}: other clients' messages: {len(missing)} of "
+                     f"{len(self.churn_sent)} missing, {len(twice)} twice, {len(stray)} never sent "
+                     f"whole (e.g. {sorted(missing | set(twice) | stray)[:3]})")
+            for key, want in self.tails_due.items():
+                got = c.tails.get(key, [])
+                if got != [want]:
+                    fail(f"{self.name} {c.name}: a half-closed client's last line {key!r} came as "
+                         f"{[g[:30] for g in got]}, expected it once, whole")
+                    break
+            for key in self.tails_never:
+                if key in c.tails:
+                    fail(f"{self.name} {c.name}: part of a message from a half-closed client was "
+                         f"relayed: {c.tails[key][0][:40]!r}")
+                    break
+            unknown = set(c.tails) - set(self.tails_due) - self.tails_never
+            if unknown:
+                fail(f"{self.name} {c.name}: messages from half-closed clients never sent: {sorted(unknown)[:3]}")
         if len(finals) > 1:
             fail(f"{self.name}: subscribers disagree on what they received, in order: "
                  + "; ".join(f"{k}: {v}" for k, v in finals.items()))
@@ -464,32 +540,34 @@ class Client:
 
     def __init__(self, soak, role, ep, rcvbuf=None, read=True):
         self.soak, self.role, self.proto, self.addr = soak, role, ep.proto, ep.addr
-        self.server = ep.server
-        proto, addr = ep.proto, ep.addr
+        self.ep, self.server, self.group = ep, ep.server, ep.group
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.setblocking(False)
         self.out = bytearray()
-        self.dec = Decoder(proto)
+        self.dec = Decoder(ep.proto)
         self.connected = False
         self.closed = False  # by us
         self.ended = None  # the server's end: "eof" or "reset"
         self.reading = read
         self.checker = None
         self.deadline = None  # by when the server must have closed it
-        self.expire = None  # when we close it ourselves
+        self.expire = None  # when we act (close, half-close, drain)
         self.then = None  # what to do once what is queued has gone
-        self.decode = role in ("healthy", "publisher", "churn")  # others only look for the end
+        self.on_upgrade = None  # what to do once a WebSocket upgrade is answered
+        self.decode = role in ("healthy", "publisher", "churn", "reset")
+        self.raw = None  # garbage clients keep the server's answer here
         self.registered = False
-        err = self.sock.connect_ex(addr)
+        soak.opened[ep.server.name] = soak.opened.get(ep.server.name, 0) + 1
+        err = self.sock.connect_ex(ep.addr)
         if err not in (0, 115):  # EINPROGRESS
-            self.ended = f"connect failed: {os.strerror(err)}"
+            fail(f"{soak.name}: a {role} client could not connect to {ep}: {os.strerror(err)}")
             self.sock.close()
             self.closed = True
             return
-        if proto == "ws":
-            self.out += ws_request(*addr)
+        if ep.proto == "ws":
+            self.out += ws_request(*ep.addr)
         soak.clients.add(self)
         self.update()
 
@@ -541,7 +619,8 @@ class Client:
         if not self.connected and mask & selectors.EVENT_WRITE:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self.gone(f"connect failed: {os.strerror(err)}")
+                fail(f"{self.soak.name}: a {self.role} client could not connect to {self.ep}: {os.strerror(err)}")
+                self.close()
                 return
             self.connected = True
         if mask & selectors.EVENT_WRITE:
@@ -566,19 +645,32 @@ class Client:
                 self.gone("eof")
                 return
             budget -= len(data)
+            if self.raw is not None:
+                if len(self.raw) < 65536:
+                    self.raw += data[:65536]
+                self.soak.check_answer(self)
             if self.decode:
                 try:
                     messages = self.dec.feed(data)
                 except ValueError as e:
-                    fail(f"{self.role} client on {self.proto}: bad bytes from the server: {e}")
+                    fail(f"{self.soak.name}: a {self.role} client on {self.ep}: bad bytes from the server: {e}")
                     self.close()
                     return
-                for m in messages:
-                    if self.checker is not None:
+                if self.checker is not None:
+                    for m in messages:
                         self.checker.feed(m)
                 if self.dec.pongs:
                     self.send(b"".join(self.dec.pongs))
                     self.dec.pongs.clear()
+                if self.on_upgrade and self.dec.upgraded:
+                    then, self.on_upgrade = self.on_upgrade, None
+                    then()
+
+    def half_close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def gone(self, how):
         """The server ended the connection (or it failed)."""
@@ -608,9 +700,12 @@ class Client:
 
 
 class Endpoint:
-    def __init__(self, proto, addr, group, server, idle_timeout=None):
+    def __init__(self, proto, addr, group, server, idle_timeout=None, settle=0):
         self.proto, self.addr, self.group, self.server = proto, addr, group, server
         self.idle_timeout = idle_timeout
+        # How long a client that half-closes may wait for its own last messages (a cluster
+        # node sends them once they come back from Redis, which a Redis drop delays).
+        self.settle = settle
 
     def __repr__(self):
         return f"{self.proto}@{self.server.name}"
@@ -632,17 +727,30 @@ class Soak:
         self.watch = []  # clients the server must close by their deadline
         self.rss = {s.name: [] for s in servers}
         self.redis = None  # the cluster's Redis, whose connections are killed now and then
+        self.opened = {}  # server name -> connections opened to it
+        self.ids = 0
+        self.frame_subs = []  # clients that send frame keepalives
+        self.crashed = False
 
     def count(self, what, n=1):
         self.counts[what] = self.counts.get(what, 0) + n
 
+    def next_id(self):
+        self.ids += 1
+        return self.ids
+
     def on_server_end(self, c):
-        if c.role in ("healthy", "publisher") and not c.closed:
-            fail(f"{self.name}: a {c.role} ({c.proto}) was cut off by the server: {c.ended}")
-        elif c.role in ("garbage", "halfclosed", "silent") and c.deadline is not None:
+        if c.closed:
+            return
+        if c.role in ("healthy", "publisher"):
+            fail(f"{self.name}: a {c.role} on {c.ep} was cut off by the server: {c.ended}")
+        elif c.role == "churn" and c.deadline is None:
+            fail(f"{self.name}: a churn client on {c.ep} was cut off by the server before it "
+                 f"half-closed: {c.ended}")
+        elif c.deadline is not None:
             self.count(f"{c.role} closed by the server")
         elif c.role == "slow":
-            self.count("slow consumers found closed by the server")
+            self.count("slow consumers cut")
 
     def poll(self, timeout):
         for key, mask in self.sel.select(timeout):
@@ -651,23 +759,31 @@ class Soak:
     def pump_until(self, done, seconds, what):
         deadline = time.monotonic() + seconds
         while not done():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 fail(f"{self.name}: {what} not within {seconds} s")
                 return False
             self.poll(0.02)
-            self.keepalives(time.monotonic())
+            self.keepalives(now)
+            self.trickle(now)
+            self.check_watch(now)
         return True
 
     def keepalives(self, now):
         for c in self.frame_subs:
             if now >= c.next_keepalive:
                 c.send(struct.pack(">Q", 0))
-                c.next_keepalive = now + 1
+                c.next_keepalive = now + KEEPALIVE
+
+    def crashed_servers(self):
+        dead = [s for s in self.servers if s.proc.poll() is not None]
+        for s in dead:
+            fail(f"{self.name}: server {s.name} exited during the run, status {s.proc.returncode}")
+        return dead
 
     def run(self):
         rng = self.rng
         # Healthy subscribers and publishers first.
-        self.frame_subs = []
         for g in self.groups:
             for ep in (e for e in self.endpoints if e.group is g):
                 for i in range(3):
@@ -678,18 +794,15 @@ class Soak:
                         c.next_keepalive = 0
                         self.frame_subs.append(c)
             for ep in (e for e in self.publisher_eps if e.group is g):
+                # A publisher reads (and drops) what it is sent, or it would be a slow consumer.
                 c = Client(self, "publisher", ep)
-                c.checker = None
                 c.pub = len(g.publishers) + 1000 * self.groups.index(g)
-                c.checker_group = g
                 c.seq = 0
                 g.publishers.append(c)
                 g.ends.add(b"E:%d" % c.pub)
                 if ep.proto == "frame":
                     c.next_keepalive = 0
                     self.frame_subs.append(c)
-                # A publisher reads (and drops) what it is sent, or it would be a slow consumer.
-                c.reading = True
         # Syncs until every healthy subscriber has one.
         last_sync = 0
 
@@ -704,7 +817,7 @@ class Soak:
             return all(s.checker.synced for g in self.groups for s in g.subscribers)
 
         if not self.pump_until(synced, 30, "every subscriber joined"):
-            return
+            return False
         # The servers' descriptors with no client: what they hold now (every publisher has
         # published and every node has read, so a cluster node's Redis connections are up),
         # less one for each of our clients, all still connected.
@@ -719,39 +832,39 @@ class Soak:
         end = start + self.seconds
         next_sample = start
         pubs = [p for g in self.groups for p in g.publishers]
-        fault_at = {k: start for k in ("churn", "reset", "garbage", "halfclosed", "silent", "slow")}
         every = {"churn": 1 / 30, "reset": 1 / 6, "garbage": 1 / 3, "halfclosed": 1 / 2, "silent": 1, "slow": 1}
         if self.redis is not None:
-            fault_at["redis"] = start + 10
             every["redis"] = 20
-        slow = []
+        fault_at = {k: start + (10 if k == "redis" else 0) for k in every}
         while True:
             now = time.monotonic()
             if now >= end:
                 break
             # Publish what is due.
-            for p in pubs:
-                due = int((now - start) * self.rate / len(p.checker_group.publishers))
-                while p.seq < due:
-                    n = rng.choice((16, 100, 1000, 2000, rng.randrange(16, 4000)))
-                    p.send(encode(p.proto, publisher_message(p.pub, p.seq, n)))
-                    p.seq += 1
+            for g in self.groups:
+                for p in g.publishers:
+                    due = int((now - start) * self.rate / len(g.publishers))
+                    while p.seq < due:
+                        n = rng.choice((16, 100, 1000, 2000, rng.randrange(16, 4000)))
+                        p.send(encode(p.proto, publisher_message(p.pub, p.seq, n)))
+                        g.bytes += n
+                        p.seq += 1
             # Faults.
             for kind, at in fault_at.items():
                 if now >= at:
                     fault_at[kind] = at + every[kind]
-                    getattr(self, f"fault_{kind}")(now, slow)
+                    getattr(self, f"fault_{kind}")(now)
             # Expiries and deadlines.
             for c in list(self.clients):
                 if c.expire is not None and now >= c.expire:
                     c.expire = None
-                    if c.role == "slow":
-                        self.end_slow(c)
-                    else:
-                        c.close()
+                    self.expired(c, now)
             self.check_watch(now)
             if now >= next_sample:
                 next_sample += 0.5
+                if self.crashed_servers():
+                    self.crashed = True
+                    break
                 for s in self.servers:
                     r = s.rss_kib()
                     if r is not None:
@@ -759,24 +872,29 @@ class Soak:
                         if os.environ.get("SOAK_RSS"):
                             print(f"    {now - start:6.1f} s {s.name} {r} KiB", flush=True)
             self.keepalives(now)
+            self.trickle(now)
             self.poll(0.005)
+        if self.crashed:
+            return False
 
-        # The end: every fault client goes, then end markers, then the order is compared.
+        # The end: every fault client goes (those owed a close by the server, or on their way
+        # out, are waited for), then end markers, then the order is compared.
+        now = time.monotonic()
         for c in list(self.clients):
-            if c.role not in ("healthy", "publisher"):
-                if c.role == "slow":
-                    self.end_slow(c)
-                elif c.deadline is not None and not c.closed:
-                    # Still owed a close by the server: wait for it below.
-                    continue
-                else:
-                    c.close()
-        self.pump_until(lambda: (self.check_watch(time.monotonic()) or True) and not self.watch,
-                        SIDE_TIMEOUT + CLOSE_GRACE + 2, "the server closing every bad client")
+            if c.role in ("healthy", "publisher") or c.deadline is not None:
+                continue
+            if c.role in ("churn", "slow"):
+                self.expired(c, now)
+            else:
+                c.close()
+        self.pump_until(lambda: not self.watch and not self.draining, SIDE_TIMEOUT + CLOSE_GRACE + 15,
+                        "the server closing every client it owed a close")
         for p in pubs:
             p.send(encode(p.proto, b"E:%d" % p.pub))
         self.pump_until(lambda: all(s.checker.final is not None for g in self.groups for s in g.subscribers),
                         30, "every healthy subscriber receiving every publisher's end marker")
+        # Anything of a publisher's after its end marker would be a repeat: listen a little more.
+        self.listen(1.5)
         for g in self.groups:
             g.compare({p.pub: p.seq for p in g.publishers})
             g.published = sum(p.seq for p in g.publishers)
@@ -785,21 +903,69 @@ class Soak:
         for c in list(self.clients):
             c.close()
         self.sel.close()
+        return True
+
+    def listen(self, seconds):
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self.poll(0.02)
+            self.keepalives(time.monotonic())
+
+    def expired(self, c, now):
+        if c.role == "churn":
+            # Leave as a well-behaved client does: stop sending, read to the end. What it sent
+            # must reach everyone; the server must then close it.
+            if not c.connected:
+                c.close()
+                return
+            sent = c.then  # its message's bookkeeping, if it has not left yet
+
+            def leave():
+                if sent:
+                    sent()
+                c.half_close()
+
+            c.then = leave
+            c.flush()
+            self.expect_close(c, "a churn client that half-closed", CLOSE_GRACE + c.ep.settle, now)
+        elif c.role == "slow":
+            # Was it cut? Read to the end: a cut one ends at once (its 4 KiB buffer).
+            c.reading = True
+            c.started_draining = now
+            c.drain_until = now + 5
+            c.update()
+            self.draining.append(c)
+        else:
+            c.close()
 
     def check_watch(self, now):
         keep = []
         for c in self.watch:
-            if c.ended:
-                c.close()
+            if c.closed:
                 continue
             if now > c.deadline:
-                fail(f"{self.name}: a {c.role} client ({c.what}) on {c.proto}@{c.server.name} was not closed by the server within {c.allowed:.0f} s")
+                fail(f"{self.name}: a {c.role} client ({c.what}) on {c.ep} was not closed by the server within {c.allowed:.0f} s")
                 c.close()
                 continue
             keep.append(c)
         self.watch = keep
+        still = []
+        for c in self.draining:
+            if c.closed:
+                continue
+            if now > c.drain_until:
+                behind = c.group.bytes - c.bytes_at_start
+                if behind > SLOW_CUT_BY:
+                    fail(f"{self.name}: a client on {c.ep} that did not read while {behind >> 20} MiB "
+                         f"was published (more than --max-pending and the kernel's buffers) was not cut")
+                else:
+                    self.count("slow consumers not far enough behind to be cut")
+                c.close()
+                continue
+            still.append(c)
+        self.draining = still
 
-    def expect_close(self, c, ep, what, within, now):
+    def expect_close(self, c, what, within, now):
         c.what, c.allowed = what, within
         c.deadline = now + within
         self.watch.append(c)
@@ -810,187 +976,272 @@ class Soak:
 
     # Faults, one call each.
 
-    def fault_churn(self, now, slow):
+    def fault_churn(self, now):
         ep = self.pick()
         c = Client(self, "churn", ep)
-        if ep.proto == "ws":
-            c.reading = True
+        if c.closed:
+            return
+        c.checker = Checker(f"churn client on {ep}", ep.group, joiner=True)
         if self.rng.random() < 0.5:
-            c.send(encode(ep.proto, b"C:churn %d" % self.rng.randrange(1 << 30)))
+            msg = b"C:%d" % self.next_id()
+            c.then = lambda: ep.group.churn_sent.add(msg)
+            c.send(encode(ep.proto, msg))
         c.expire = now + self.rng.uniform(0, 1.5)
         self.count("churn")
 
-    def fault_reset(self, now, slow):
+    def fault_reset(self, now):
         ep = self.pick()
         c = Client(self, "reset", ep)
+        if c.closed:
+            return
         whole = encode(ep.proto, b"R:" + bytes(self.rng.randrange(97, 123) for _ in range(self.rng.randrange(10, 3000))))
         part = whole[: self.rng.randrange(1, len(whole))]
-        c.then = lambda: c.close(reset=True)
-        c.send(part)  # WebSocket: after the upgrade request, so half a frame
-        c.expire = now + 3  # if the bytes never go (cannot happen on loopback), still go
+
+        def go():
+            c.then = lambda: c.close(reset=True)
+            c.send(part)
+
+        if ep.proto == "ws":
+            c.on_upgrade = go  # half a frame once the upgrade is answered, then the reset
+        else:
+            go()
+        c.expire = now + 5  # if the upgrade never comes (a failure the healthy clients show)
         self.count("resets mid-message")
 
-    def fault_slow(self, now, slow):
+    def fault_slow(self, now):
         for ep in self.endpoints:
-            live = [c for c in slow if c.addr == ep.addr and not c.closed]
+            live = [c for c in self.slow if c.ep is ep and not c.closed]
             if len(live) < 2:
                 c = Client(self, "slow", ep, rcvbuf=4096, read=False)
+                if c.closed:
+                    continue
                 if ep.proto == "frame":
                     c.next_keepalive = 0  # so that it is cut as slow, not as idle
                     self.frame_subs.append(c)
-                c.expire = now + self.rng.uniform(8, 15)
-                slow.append(c)
+                c.bytes_at_start = ep.group.bytes
+                c.expire = now + self.rng.uniform(15, 25)
+                self.slow.append(c)
                 self.count("slow consumers")
-        slow[:] = [c for c in slow if not c.closed]
+        self.slow[:] = [c for c in self.slow if not c.closed]
 
-    def end_slow(self, c):
-        """Was it cut? Read what is there (it is little: a 4 KiB buffer) to find the end."""
-        if c.closed:
-            return
-        c.reading = True
-        try:
-            for _ in range(64):
-                data = c.sock.recv(65536)
-                if not data:
-                    c.gone("eof")
-                    return
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            c.gone("reset")
-            return
-        c.close()
-
-    def fault_garbage(self, now, slow):
+    def fault_garbage(self, now):
         ep = self.pick()
         rng = self.rng
+        answer = None
         if ep.proto == "line":
             what = "a line over --max-message"
             data = b"G" * (MAX_MESSAGE + rng.randrange(1, 5000))
-            within = CLOSE_GRACE
         elif ep.proto == "frame":
-            kind = rng.randrange(2)
-            if kind == 0:
+            if rng.randrange(2) == 0:
                 what, data = "a frame header over --max-message", struct.pack(">Q", MAX_MESSAGE + 1 + rng.randrange(1 << 40))
             else:
                 what, data = "random bytes as a frame header", os.urandom(8)
                 if struct.unpack(">Q", data)[0] <= MAX_MESSAGE:
                     data = b"\xff" + data[1:]
-            within = CLOSE_GRACE
         else:
-            kind = rng.randrange(6)
-            within = CLOSE_GRACE + SIDE_TIMEOUT  # an answer (close frame, 400) waits for the client
+            kind = rng.randrange(7)
             if kind == 0:
-                what, data = "an unmasked frame", mask_frame(0x1, b"unmasked", mask=False)
+                what, data, answer = "an unmasked frame", mask_frame(0x1, b"unmasked", mask=False), 1002
             elif kind == 1:
-                what, data = "a reserved opcode", mask_frame(0x3, b"reserved")
+                what, data, answer = "a reserved opcode", mask_frame(0x3, b"reserved"), 1002
             elif kind == 2:
-                what, data = "a frame over --max-message", mask_frame(0x2, b"", length=MAX_MESSAGE + 1)
+                what, data, answer = "a frame over --max-message", mask_frame(0x2, b"", length=MAX_MESSAGE + 1), 1009
             elif kind == 3:
-                what, data = "invalid UTF-8 in a text frame", mask_frame(0x1, b"\xff\xfe\xfd")
+                what, data, answer = "invalid UTF-8 in a text frame", mask_frame(0x1, b"\xff\xfe\xfd"), 1007
             elif kind == 4:
-                what, data = "a request that is not HTTP", b"\x16\x03\x01garbage\r\n\r\n"
+                what, data, answer = "a request that is not HTTP", b"\x16\x03\x01garbage\r\n\r\n", 400
+            elif kind == 5:
+                what, data, answer = "a request head over 8 KiB", b"GET /ws HTTP/1.1\r\nX: " + b"y" * 9000, 400
             else:
-                what, data = "a request head that never ends", b"GET /ws HTTP/1.1\r\n" + b"X: y\r\n" * 2000
-            c = Client(self, "garbage", ep)
-            if kind >= 4:
-                c.out.clear()  # instead of the upgrade
-            c.send(data)
-            self.expect_close(c, ep, what, within, now)
-            self.count("garbage")
-            return
+                what, data, answer = "a request head sent a byte a second", b"G", None
         c = Client(self, "garbage", ep)
+        if c.closed:
+            return
+        if ep.proto == "ws":
+            if answer is None or answer == 400:
+                c.out.clear()  # instead of the upgrade
+            if answer is None:
+                c.trickle = b"ET /ws HTTP/1.1\r\nHost: x\r\n"
+                c.next_trickle = now + 1
+                self.trickling.append(c)
+            c.raw = bytearray()
+            c.answer = answer
+            c.answer_seen = False
+            # Half of them answer the close frame (or just close after the 400); the others
+            # never do, and the server must give up on them after its 10 s.
+            c.replies = rng.random() < 0.5
+            within = SIDE_TIMEOUT + CLOSE_GRACE
+        else:
+            within = CLOSE_GRACE
         c.send(data)
-        self.expect_close(c, ep, what, within, now)
+        self.expect_close(c, what, within, now)
         self.count("garbage")
 
-    def fault_halfclosed(self, now, slow):
+    def check_answer(self, c):
+        """A WebSocket garbage client's answer from the server: the right close code or 400."""
+        if c.answer is None or c.answer_seen:
+            return
+        raw = bytes(c.raw)
+        if c.answer == 400:
+            if b"\r\n" not in raw:
+                return
+            status = raw.split(b"\r\n", 1)[0]
+            if not status.startswith(b"HTTP/1.1 400"):
+                fail(f"{self.name}: {c.what} on {c.ep} was answered {status[:60]!r}, expected 400")
+        else:
+            end = raw.find(b"\r\n\r\n")
+            if end < 0 or len(raw) < end + 4 + 4:
+                return
+            if not raw.startswith(b"HTTP/1.1 101"):
+                fail(f"{self.name}: the upgrade before {c.what} on {c.ep} was answered {raw[:40]!r}")
+            # Broadcast messages may come first (it was a client until its bad frame was read).
+            pos = end + 4
+            while True:
+                if len(raw) - pos < 2:
+                    return
+                b0, n = raw[pos], raw[pos + 1] & 0x7F
+                head = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+                if len(raw) - pos < head:
+                    return
+                if n >= 126:
+                    n = int.from_bytes(raw[pos + 2: pos + head], "big")
+                if len(raw) - pos < head + n:
+                    if len(raw) >= 65536:
+                        fail(f"{self.name}: {c.what} on {c.ep}: no close frame in the first 64 KiB")
+                        break
+                    return
+                if b0 & 0x0F == 0x8:
+                    code = struct.unpack(">H", raw[pos + head: pos + head + 2])[0] if n >= 2 else None
+                    if code != c.answer:
+                        fail(f"{self.name}: {c.what} on {c.ep}: close code {code}, expected {c.answer}")
+                    break
+                pos += head + n
+        c.answer_seen = True
+        self.count("garbage answered as expected")
+        if c.replies:
+            if c.answer != 400:
+                c.send(mask_frame(0x8, struct.pack(">H", 1000)))
+            c.then = c.half_close
+
+    def trickle(self, now):
+        for c in self.trickling:
+            if not c.closed and now >= c.next_trickle and c.trickle:
+                c.send(c.trickle[:1])
+                c.trickle = c.trickle[1:]
+                c.next_trickle = now + 1
+        self.trickling[:] = [c for c in self.trickling if not c.closed]
+
+    def fault_halfclosed(self, now):
         ep = self.pick()
         c = Client(self, "halfclosed", ep)
-        whole = encode(ep.proto, b"H:" + bytes(self.rng.randrange(97, 123) for _ in range(self.rng.randrange(10, 300))))
-        if ep.proto == "ws":
-            # A WebSocket client that stops sending without a close frame: the server is owed
-            # nothing; it must notice the end of stream and close.
-            part = whole[: self.rng.randrange(0, len(whole))]
+        if c.closed:
+            return
+        key = b"H:%d" % self.next_id()
+        prefix = key + b"."
+        whole = encode(ep.proto, prefix + bytes(self.rng.randrange(97, 123) for _ in range(self.rng.randrange(10, 300))))
+        if ep.proto == "line":
+            # A line, whole or not: delivered as a line either way (the last line at EOF).
+            part = whole[: self.rng.randrange(len(prefix), len(whole) + 1)]
+            ep.group.tails_due[key] = part.rstrip(b"\n")
+        elif ep.proto == "frame":
+            # Whole frames are delivered, part of one never (the sender is cut).
+            part = whole if self.rng.random() < 0.5 else whole[: self.rng.randrange(1, len(whole))]
+            if part == whole:
+                ep.group.tails_due[key] = whole[8:]
+            else:
+                ep.group.tails_never.add(key)
         else:
-            part = whole[: self.rng.randrange(1, len(whole) + 1)]
-
-        def shut():
-            try:
-                c.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-        c.then = shut
+            # Part of a WebSocket frame, then the end of stream with no close frame.
+            part = whole[: self.rng.randrange(0, len(whole))]
+            ep.group.tails_never.add(key)
+        c.then = c.half_close
         c.send(part)
-        self.expect_close(c, ep, "a half-closed client", CLOSE_GRACE + 2, now)
+        self.expect_close(c, "a half-closed client", CLOSE_GRACE + ep.settle, now)
         self.count("half-closed")
 
-    def fault_redis(self, now, slow):
+    def fault_redis(self, now):
         """Redis drops every node's connections (CLIENT KILL): each node must reconnect, read on
         from its last entry and resend what was in flight, losing and repeating nothing."""
         try:
-            with socket.create_connection(("127.0.0.1", self.redis.port), timeout=2) as r:
+            with socket.socket(socket.AF_UNIX) as r:
+                r.settimeout(2)
+                r.connect(self.redis.path)
                 r.sendall(b"CLIENT KILL TYPE normal SKIPME yes\r\n")
                 answer = r.recv(64)
-            if not answer.startswith(b":"):
-                fail(f"{self.name}: CLIENT KILL answered {answer!r}")
-            self.count("Redis connections killed", int(answer[1:].strip() or 0))
+            killed = int(answer[1:].strip()) if answer.startswith(b":") else -1
         except (OSError, ValueError) as e:
             fail(f"{self.name}: cannot reach Redis to kill its clients: {e}")
+            return
+        if killed < 1:
+            fail(f"{self.name}: CLIENT KILL answered {answer!r}: no node connection was dropped")
+        self.count("Redis drops")
+        self.count("Redis connections dropped", max(killed, 0))
 
-    def fault_silent(self, now, slow):
+    def fault_silent(self, now):
         ep = self.pick()
         c = Client(self, "silent", ep)
+        if c.closed:
+            return
         if ep.proto == "ws":
             c.out.clear()  # not even a request
-            self.expect_close(c, ep, "a connection that sends no request", SIDE_TIMEOUT + CLOSE_GRACE, now)
+            self.expect_close(c, "a connection that sends no request", SIDE_TIMEOUT + CLOSE_GRACE, now)
         elif ep.idle_timeout:
-            self.expect_close(c, ep, "an idle client", ep.idle_timeout + CLOSE_GRACE, now)
+            self.expect_close(c, "an idle client", ep.idle_timeout + CLOSE_GRACE, now)
         else:
             c.expire = now + self.rng.uniform(2, 8)
         self.count("silent")
 
 
 def warm_up(seconds):
-    """Seconds of load before RSS counts: a quarter of the run, at least 15 s (a server's RSS
-    climbs for about that long while every kind of client has come and gone for the first
-    times), at most half."""
-    return min(max(0.25 * seconds, 15.0), 0.5 * seconds)
+    """Seconds of load before RSS counts: a quarter of the run, at least 20 s, at most half.
+    RSS climbs until every kind of client has come and gone, and until the first slow
+    consumers have filled what the kernel buffers for them and then --max-pending (about 15 s
+    at the default rate): the allocator keeps some of that high-water mark."""
+    return min(max(0.25 * seconds, 20.0), 0.5 * seconds)
 
 
-def median_window(samples, lo, hi):
+def window_floor(samples, lo, hi):
+    """The lowest RSS in a window: what the server holds between the bursts of slow consumers'
+    backlogs (each may hold --max-pending for a few seconds), which a leak would raise."""
     xs = [r for t, r in samples if lo <= t <= hi]
-    return statistics.median(xs) if xs else None
+    return min(xs) if xs else None
 
 
-def finish(soak):
+def finish(soak, completed):
     """Descriptors back to base, RSS, logs, exit status."""
-    ok = True
     for s in soak.servers:
+        if s.proc.poll() is not None or getattr(s, "base_fds", None) is None:
+            continue
         deadline = time.monotonic() + 15
-        while s.fds() is not None and s.fds() > s.base_fds and time.monotonic() < deadline:
+        while (s.fds() or 0) > s.base_fds and time.monotonic() < deadline:
             time.sleep(0.05)
         end_fds = s.fds()
         if end_fds is None or end_fds > s.base_fds:
             fail(f"{s.name}: {end_fds} open descriptors once every client had gone, {s.base_fds} before any came")
+        if not completed:
+            continue
         samples = soak.rss[s.name]
         t = soak.seconds
         warm = warm_up(t)
-        base = median_window(samples, warm, warm + 0.15 * t)
-        last = median_window(samples, 0.85 * t, t)
-        peak = max((r for _, r in samples), default=None)
-        growth = (last - base) / base if base and last else 0
+        base = window_floor(samples, warm, warm + 0.2 * t)
+        last = window_floor(samples, 0.8 * t, t)
+        peak = max((r for _, r in samples), default=0)
+        if not base or not last:
+            fail(f"{s.name}: too few RSS samples")
+            continue
+        growth = (last - base) / base
         print(f"  {s.name}: RSS after warm-up {base / 1024:.1f} MiB, at the end {last / 1024:.1f} MiB "
-              f"({growth * 100:+.1f}%), peak {peak / 1024:.1f} MiB; descriptors {s.base_fds} before, {end_fds} after")
+              f"({growth * 100:+.1f}%; the lowest of each window), peak {peak / 1024:.1f} MiB; "
+              f"descriptors {s.base_fds} before, {end_fds} after")
         if growth > 0.10:
             fail(f"{s.name}: RSS grew {growth * 100:.1f}% after warm-up ({base} KiB to {last} KiB)")
     for s in soak.servers:
         s.stop()
     for s in soak.servers:
-        levels, reasons = s.scan_log()
-        print(f"  {s.name}: log lines {levels}; disconnects {dict(sorted(reasons.items()))}")
-    return ok
+        levels, reasons, served = s.scan_log()
+        print(f"  {s.name}: log lines {levels}; disconnects logged {dict(sorted(reasons.items()))}")
+        if completed and served is not None and served != soak.opened.get(s.name, 0):
+            fail(f"{s.name}: served {served} connections, the soak opened {soak.opened.get(s.name, 0)}")
 
 
 def run_single(args, logdir, seconds, rng):
@@ -1007,34 +1258,45 @@ def run_single(args, logdir, seconds, rng):
 
 def run_cluster(args, logdir, seconds, rng):
     redis = Redis(logdir)
+    url = f"redis+unix://{redis.path}"
+    common = ["--threads", "2", "--max-pending", MAX_PENDING, "--max-message", str(MAX_MESSAGE),
+              "--protocol", "line", "--http", "127.0.0.1:0", "--cluster", url,
+              "--cluster-channel", "soak"]
+    n1 = Server(args.mob, "node1", common, logdir)
+    n2 = Server(args.mob, "node2", common, logdir)
+    g = Group("cluster")
+    settle = 12  # a node settles a closing client's messages within 10 s
+    eps = [Endpoint("line", n1.addr, g, n1, settle=settle), Endpoint("ws", n1.http, g, n1, settle=settle),
+           Endpoint("line", n2.addr, g, n2, settle=settle), Endpoint("ws", n2.http, g, n2, settle=settle)]
+    # A line publisher on one node, a WebSocket publisher on the other.
+    soak = Soak("cluster", [n1, n2], eps, [eps[0], eps[3]], [g], seconds, args.rate, rng)
+    soak.redis = redis
+    for n in (n1, n2):
+        n.redis_drops = True
     try:
-        url = f"redis://127.0.0.1:{redis.port}"
-        common = ["--threads", "2", "--max-pending", MAX_PENDING, "--max-message", str(MAX_MESSAGE),
-                  "--protocol", "line", "--http", "127.0.0.1:0", "--cluster", url,
-                  "--cluster-channel", f"soak{os.getpid()}"]
-        n1 = Server(args.mob, "node1", common, logdir)
-        n2 = Server(args.mob, "node2", common, logdir)
-        g = Group("cluster")
-        eps = [Endpoint("line", n1.addr, g, n1), Endpoint("ws", n1.http, g, n1),
-               Endpoint("line", n2.addr, g, n2), Endpoint("ws", n2.http, g, n2)]
-        # A line publisher on one node, a WebSocket publisher on the other.
-        soak = Soak("cluster", [n1, n2], eps, [eps[0], eps[3]], [g], seconds, args.rate, rng)
-        soak.redis = redis
-        for n in (n1, n2):
-            # What killing its Redis connections makes a node say (naming Redis, not a client).
-            n.expected_warnings = ("cluster: ", "retrying with backoff")
-        return drive(soak)
+        ok = drive(soak)
     finally:
         redis.stop()
+    for n in (n1, n2):
+        drops = soak.counts.get("Redis drops", 0)
+        if n.reconnects < drops:
+            fail(f"{n.name}: {drops} Redis drops, but it logged getting through again only {n.reconnects} times")
+    return ok
 
 
 def drive(soak):
     before = len(failures)
-    soak.run()
-    finish(soak)
+    soak.slow, soak.draining, soak.trickling = [], [], []
+    completed = False
+    try:
+        completed = soak.run()
+    finally:
+        finish(soak, completed)
     for g in soak.groups:
         print(f"  {soak.name} {g.name}: {getattr(g, 'published', 0)} messages published, "
-              f"{g.received} checked deliveries, {getattr(g, 'count', 0)} messages in each subscriber's order")
+              f"{g.received} checked deliveries, {getattr(g, 'count', 0)} messages in each subscriber's order, "
+              f"{len(g.churn_sent)} other clients' messages and {len(g.tails_due)} half-closed clients' last "
+              f"lines delivered to each, {len(g.tails_never)} parts never")
     print(f"  {soak.name} faults: {dict(sorted(soak.counts.items()))}")
     return len(failures) == before
 
@@ -1050,6 +1312,9 @@ def self_test():
     def run(name, streams, expect):
         g = Group("self-test")
         g.ends = {b"E:1", b"E:2"}
+        g.churn_sent = {b"C:before", b"C:x"}
+        g.tails_due = {b"H:1": b"H:1.abc"}
+        g.tails_never = {b"H:2"}
         before = len(failures)
         for i, stream in enumerate(streams):
             sub = Sub(g, f"sub{i}")
@@ -1069,20 +1334,36 @@ def self_test():
     global quiet
     quiet = True
     p = publisher_message
-    good = [p(1, 0, 20), b"C:x", p(2, 0, 5), p(1, 1, 3000), p(1, 2, 16)]
+    good = [p(1, 0, 20), b"C:x", p(2, 0, 5), b"H:1.abc", p(1, 1, 3000), p(1, 2, 16)]
     saved = len(failures)
     run("healthy", [good, list(good)], None)
     run("loss", [good, [m for m in good if m != p(1, 1, 3000)]], "lost")
-    run("duplicate", [good, good[:4] + [p(1, 1, 3000)] + good[4:]], "duplicate")
-    run("reorder", [good, [good[0], good[1], good[2], good[4], good[3]]], "lost")
-    run("corrupt", [good, [good[0], good[1], good[2], p(1, 1, 3000)[:-1] + b"!", good[4]]], "corrupt")
-    run("order", [good, [good[0], good[2], good[1], good[3], good[4]]], "disagree")
+    run("duplicate", [good, good[:5] + [p(1, 1, 3000)] + good[5:]], "duplicate")
+    run("reorder", [good, good[:4] + [good[5], good[4]]], "lost")
+    run("corrupt", [good, good[:4] + [p(1, 1, 3000)[:-1] + b"!", good[5]]], "corrupt")
+    run("order", [good, [good[0], good[2], good[1]] + good[3:]], "disagree")
     run("end marker missing", [good, good[:-1]], "got to")
+    run("other client's message lost", [good, [m for m in good if m != b"C:x"]], "missing")
+    run("other client's message twice", [good, good + [b"C:x"]], "twice")
+    run("reset client's part relayed", [good, good[:2] + [b"R:part"] + good[2:]], "reset")
+    run("half-closed client's line lost", [good, [m for m in good if m != b"H:1.abc"]], "last line")
+    run("half-closed client's part relayed", [good, good + [b"H:2.ab"]], "part of a message")
+    run("a publisher's message after the end", [good, good], None)
+    g = Group("self-test")
+    g.ends = {b"E:1"}
+    late = Checker("late", g)
+    for m in [b"S:1", p(1, 0, 20), b"E:1", p(1, 0, 20)]:
+        late.feed(m)
+    if not late.broken:
+        raise SystemExit("self-test: a publisher's message after the end markers went unseen")
+    del failures[saved:]
     # The log scan.
     with tempfile.TemporaryDirectory() as d:
         class Fake(Server):
             def __init__(self, text):
                 self.name = "self-test"
+                self.redis_drops = True
+                self.reconnects = 0
                 self.log_path = os.path.join(d, "log")
                 with open(self.log_path, "w") as f:
                     f.write(text)
@@ -1091,6 +1372,10 @@ def self_test():
             ('{"level":"WARN","message":"accept failed"}\n', "naming no client"),
             ('{"level":"ERROR","message":"x"}\n', "naming no client"),
             ("thread 'main' panicked at src/x.rs\n", "panic"),
+            ('{"level":"WARN","message":"cluster: reader reading from redis://x failed: '
+             'unexpected end of file; retrying with backoff (clients wait)"}\n', None),
+            ('{"level":"WARN","message":"cluster: gap: 3 entries of node 1 were trimmed"}\n',
+             "naming no client"),
         ]:
             Fake(text).scan_log()
             got = failures[saved:]
@@ -1099,7 +1384,8 @@ def self_test():
                 raise SystemExit(f"self-test log scan {text.strip()!r}: got {got}")
     quiet = False
     print("self-test passed: loss, duplicates, reorders, corruption, diverging orders, missing "
-          "ends and bad log lines are all caught", flush=True)
+          "ends, other clients' messages lost, repeated or relayed in part, and bad log lines "
+          "are all caught", flush=True)
 
 
 def main():
@@ -1114,20 +1400,27 @@ def main():
     ap.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (printed where)")
     ap.add_argument("--self-test", action="store_true", help="only check that the checks fail on bad input")
     args = ap.parse_args()
+    atexit.register(stop_all)
+    # SIGTERM (timeout, CI) ends the run like ^C: through the finally blocks and stop_all.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     self_test()
     if args.self_test:
         return
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     rng = random.Random(seed)
-    cluster = args.cluster == "yes" or (args.cluster == "auto" and shutil.which("redis-server"))
-    if args.cluster == "yes" and not shutil.which("redis-server"):
-        raise SystemExit("--cluster yes: redis-server is not installed")
-    total = args.minutes * 60
-    runs = [("single", run_single)] + ([("cluster", run_cluster)] if cluster else [])
+    have_redis = shutil.which("redis-server") is not None
+    if (args.cluster == "yes" or args.only == "cluster") and not have_redis:
+        raise SystemExit("the cluster run needs redis-server, which is not installed")
+    if args.cluster == "auto" and not have_redis and args.only is None:
+        print("soak: redis-server is not installed: the cluster run is skipped", flush=True)
+    runs = [("single", run_single)]
+    if args.cluster == "yes" or (args.cluster == "auto" and have_redis):
+        runs.append(("cluster", run_cluster))
     if args.only:
-        runs = [r for r in runs if r[0] == args.only] or [("cluster", run_cluster)]
-    # Each run's own setup and end take a few seconds; the load gets the rest.
-    per_run = max(10.0, total / len(runs) - 8)
+        runs = [r for r in (("single", run_single), ("cluster", run_cluster)) if r[0] == args.only]
+    # Each run's start and end (joining, then waiting out the last bad clients' deadlines and
+    # the end markers) take about 20 s; the load gets the rest.
+    per_run = max(20.0, args.minutes * 60 / len(runs) - 20)
     logdir = tempfile.mkdtemp(prefix="mob-soak-")
     print(f"soak: {len(runs)} run(s) of {per_run:.0f} s of load, seed {seed}, logs in {logdir}", flush=True)
     t0 = time.monotonic()
