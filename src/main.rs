@@ -203,6 +203,12 @@ struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Local address to connect from; repeat it or give a comma-separated list, and the
+    /// connections take them in turn. Each has its own ephemeral ports (net.ipv4.ip_local_port_range,
+    /// about 28,000 per server address), so more connections need more of them; on loopback
+    /// any of 127.0.0.0/8 will do [default: the kernel's choice].
+    #[arg(long = "source", value_name = "IP", value_delimiter = ',')]
+    sources: Vec<std::net::IpAddr>,
     #[command(flatten)]
     access: AccessArgs,
 }
@@ -364,6 +370,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| BenchConfig::default_window(args.size)),
         progress: !args.json && std::io::stderr().is_terminal(),
         access,
+        sources: args.sources,
     };
     let report = mob::bench::run(config)?;
     let mut stdout = std::io::stdout().lock();
