@@ -197,6 +197,10 @@ struct BenchArgs {
     /// Seconds run before measuring.
     #[arg(long, default_value = "1", value_parser = parse_secs, value_name = "SECS")]
     warmup: Duration,
+    /// Seconds every connection is held open and quiet once set up, before the warm-up (to
+    /// read a server's memory with all clients connected; its start is logged on stderr).
+    #[arg(long, default_value = "0", value_parser = parse_secs, value_name = "SECS")]
+    idle: Duration,
     /// Closed loop: most messages a publisher may be ahead of its slowest subscriber [default: as many as fit in 1 MiB, 16 to 1000].
     #[arg(long, value_name = "W")]
     window: Option<usize>,
@@ -365,6 +369,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         rate: args.rate,
         duration: args.duration,
         warmup: args.warmup,
+        idle: args.idle,
         window: args
             .window
             .unwrap_or_else(|| BenchConfig::default_window(args.size)),

@@ -202,6 +202,24 @@ fn bench_opens_thousands_of_connections_in_one_go_from_repeated_sources() {
 }
 
 #[test]
+fn bench_holds_every_connection_idle_before_publishing_when_asked() {
+    let server = Server::start(&["--no-echo-self"]);
+    let out = mob()
+        .args(["bench", &server.addr.to_string(), "--json", "--idle", "0.5"])
+        .args(["--subscribers", "20", "--rate", "1000", "--duration", "0.5"])
+        .output()
+        .expect("run mob bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Said when it begins, so a script can read the server's memory meanwhile.
+    assert!(
+        stderr.contains("21 connections set up in") && stderr.contains("idle for 500ms"),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_clean(out.status.success(), &report);
+}
+
+#[test]
 fn bench_refuses_a_source_address_it_cannot_use() {
     let server = Server::start(&[]);
     let run = |source: &str| {

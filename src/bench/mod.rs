@@ -91,6 +91,9 @@ pub struct BenchConfig {
     pub rate: f64,
     pub duration: Duration,
     pub warmup: Duration,
+    /// Before the warm-up, every connection held open and quiet this long (`--idle`), so a
+    /// server's memory can be read with all of them connected and none sending.
+    pub idle: Duration,
     /// Closed loop: most messages a publisher may be ahead of its slowest subscriber.
     pub window: usize,
     /// Draw a progress bar on stderr.
@@ -162,6 +165,7 @@ pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let started = Instant::now();
     bench.set_up()?;
     bench.setup_s = started.elapsed().as_secs_f64();
+    bench.idle()?;
     bench.measure()?;
     bench.drain()?;
     let report = bench.report();
@@ -716,6 +720,30 @@ impl Bench {
         let bar = ProgressBar::new_spinner();
         bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
         bar
+    }
+
+    /// `--idle`: every connection stays open and nothing is sent, for that long. It is said on
+    /// stderr when it begins (for a script to read the server's memory meanwhile); a
+    /// connection closed meanwhile counts as a disconnect.
+    fn idle(&mut self) -> anyhow::Result<()> {
+        let idle = self.config.idle;
+        if idle.is_zero() {
+            return Ok(());
+        }
+        tracing::info!(
+            "{} connections set up in {:.2} s; idle for {idle:?}",
+            self.peers.len(),
+            self.setup_s
+        );
+        let until = Instant::now() + idle;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            self.poll_once(&mut events, Some(until - now))?;
+        }
     }
 
     /// Warm-up, then the measured interval.
