@@ -2,7 +2,7 @@
 # Many connections: mob's memory and latency with thousands of clients on one machine, the
 # figures of "Many connections" in docs/BENCHMARKS.md.
 #
-#   bench/scale.sh                                  # every case, 3 rounds (~6 min)
+#   bench/scale.sh                                  # every case, 3 rounds (~4 min)
 #   bench/scale.sh --rounds 1 --cases tls,ws        # some cases once
 #   bench/scale.sh --rounds 1 --fraction 0.1        # a tenth of the clients: a quick look
 #
@@ -132,12 +132,15 @@ one_run() {  # case round
   echo "$ ${bench_cmd[*]}" >"$dir/command"
   timeout $((120 + ${idle%.*} + ${warmup%.*} + ${duration%.*})) "${bench_cmd[@]}" \
     >"$dir/bench.json" 2>"$dir/bench.err" &
-  local bpid=$! t_idle= samples="$dir/samples"
+  local bpid=$! t_idle= samples="$dir/samples" mpid=
   : >"$samples"
-  # Until the bench ends: the moment its idle phase began, and the server's RSS and CPU time.
+  # Until the bench ends: the moment its idle phase began, the server's RSS and CPU time, the
+  # kernel's socket memory and the bench's own CPU time (the mob under `timeout`).
   while kill -0 "$bpid" 2>/dev/null; do
     if [ -z "$t_idle" ] && grep -q "idle for" "$dir/bench.err"; then t_idle=$(now); fi
-    echo "$(now) $(rss_kib "$spid") $(cpu_ticks "$spid") $(slab_bytes) $(tcp_mem_pages)" >>"$samples"
+    [ -n "$mpid" ] || mpid=$(pgrep -P "$bpid" | head -1 || true)
+    echo "$(now) $(rss_kib "$spid") $(cpu_ticks "$spid") $(slab_bytes) $(tcp_mem_pages)" \
+      "$( [ -n "$mpid" ] && cpu_ticks "$mpid" 2>/dev/null || echo 0)" >>"$samples"
     sleep 0.25
   done
   local status=0; wait "$bpid" || status=$?
@@ -150,8 +153,8 @@ import json, sys
 (case, rnd, clients, threads, rate, idle, warmup, duration, before, slab_before, tcp_before, peak, t_idle,
  samples, bench, err, status, hz, command) = sys.argv[1:]
 idle, warmup, duration, t_idle = float(idle), float(warmup), float(duration), float(t_idle)
-# time, VmRSS KiB, CPU ticks, slab bytes, TCP buffer pages
-rows = [tuple(float(x) for x in l.split()) for l in open(samples) if len(l.split()) == 5]
+# time, VmRSS KiB, server CPU ticks, slab bytes, TCP buffer pages, bench CPU ticks
+rows = [tuple(float(x) for x in l.split()) for l in open(samples) if len(l.split()) == 6]
 run = {"case": case, "round": int(rnd), "clients": int(clients), "threads": int(threads),
        "rate": float(rate), "rss_before_kib": int(before), "rss_peak_kib": int(peak),
        "slab_before_bytes": int(slab_before), "tcp_mem_before_pages": int(tcp_before),
@@ -173,7 +176,9 @@ if t_idle:
         run["rss_load_kib"] = int(max(r[1] for r in load))
         run["tcp_mem_load_pages"] = int(max(r[4] for r in load))
     if len(load) > 1:
-        run["server_cpu_pct"] = 100 * (load[-1][2] - load[0][2]) / float(hz) / (load[-1][0] - load[0][0])
+        cpu = lambda col: 100 * (load[-1][col] - load[0][col]) / float(hz) / (load[-1][0] - load[0][0])
+        run["server_cpu_pct"] = cpu(2)
+        run["bench_cpu_pct"] = cpu(5)
 print(json.dumps(run))
 PY
   python3 - "$dir/runs.jsonl" <<'PY' >&2 || true
@@ -190,7 +195,8 @@ print(f"{name} {r['clients']} clients set up in {r['setup_s']:.2f} s; "
       f"p50 {lat['p50'] / 1000:.1f} ms, p99 {lat['p99'] / 1000:.1f} ms; "
       f"RSS MiB before {mib('rss_before_kib'):.1f}, idle {mib('rss_idle_kib'):.1f}, "
       f"load {mib('rss_load_kib'):.1f}, peak {mib('rss_peak_kib'):.1f}; "
-      f"server CPU {r.get('server_cpu_pct', 0):.0f}%; {r['delivered_per_s']:,.0f} deliveries/s; "
+      f"CPU server {r.get('server_cpu_pct', 0):.0f}%, bench {r.get('bench_cpu_pct', 0):.0f}%; "
+      f"{r['delivered_per_s']:,.0f} deliveries/s; "
       + ("clean" if not bad else f"NOT CLEAN ({bad})"))
 PY
 }
@@ -216,8 +222,8 @@ print(f"## Many connections (medians; {rate} msg/s of 64 B from one publisher, "
       f"{duration} s measured after {warmup} s, {idle} s idle before)\n")
 print("| case | threads | clients | rate | p50 ms | p99 ms | RSS before MiB | RSS idle MiB | RSS under load MiB "
       "| peak RSS MiB | KiB per client, idle | KiB per client, under load | kernel KiB per socket, idle "
-      "| TCP buffers under load, growth MiB | server CPU | runs clean |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+      "| TCP buffers under load, growth MiB | server CPU | bench CPU | runs clean |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 order = []
 for r in runs:
     if r["case"] not in order:
@@ -242,6 +248,7 @@ for case in order:
           f"| {med(lambda r: r.get('rss_load_kib')) / 1024:.1f} | {med(lambda r: r['rss_peak_kib']) / 1024:.1f} "
           f"| {per('rss_idle_kib'):.2f} | {per('rss_load_kib'):.2f} | {kernel:.2f} "
           f"| {med(lambda r: r['tcp_mem_load_pages'] - r['tcp_mem_before_pages'] if 'tcp_mem_load_pages' in r else None) * page / 2**20:.1f} "
-          f"| {med(lambda r: r.get('server_cpu_pct')):.0f}% | {len(clean)} of {len(rs)} |")
+          f"| {med(lambda r: r.get('server_cpu_pct')):.0f}% | {med(lambda r: r.get('bench_cpu_pct')):.0f}% "
+          f"| {len(clean)} of {len(rs)} |")
 print(f"\nEvery run: {out}")
 PY
