@@ -28,8 +28,9 @@
 //!   and the token (`--token-file`) in a WebSocket request.
 //! - `fuzzing`: the properties the fuzz targets (`fuzz/`) check, also replayed by
 //!   `tests/fuzz_replay.rs` over the saved corpora (hidden from the docs).
-//! - `sys.rs`: the two system calls made by hand (`read(2)` into spare capacity, the
-//!   open-files limit), shared by the server and the bench.
+//! - `sys.rs`: the system calls made by hand (`read(2)` into spare capacity, the
+//!   open-files limit, a source address bound without its port), shared by the server and
+//!   the bench.
 //! - `main.rs`: the `mob` command line (`chat` and `bench`'s flags, `serve`'s from [`cli`]),
 //!   nothing more.
 //!

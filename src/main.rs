@@ -105,12 +105,22 @@ struct BenchArgs {
     /// Seconds run before measuring.
     #[arg(long, default_value = "1", value_parser = parse_secs, value_name = "SECS")]
     warmup: Duration,
+    /// Seconds every connection is held open and quiet once set up, before the warm-up (to
+    /// read a server's memory with all clients connected; its start is logged on stderr).
+    #[arg(long, default_value = "0", value_parser = parse_secs, value_name = "SECS")]
+    idle: Duration,
     /// Closed loop: most messages a publisher may be ahead of its slowest subscriber [default: as many as fit in 1 MiB, 16 to 1000].
     #[arg(long, value_name = "W")]
     window: Option<usize>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Local address to connect from; repeat it or give a comma-separated list, and the
+    /// connections take them in turn. Each has its own ephemeral ports (net.ipv4.ip_local_port_range,
+    /// about 28,000 per server address), so more connections need more of them; on loopback
+    /// any of 127.0.0.0/8 will do [default: the kernel's choice].
+    #[arg(long = "source", value_name = "IP", value_delimiter = ',')]
+    sources: Vec<std::net::IpAddr>,
     #[command(flatten)]
     access: AccessArgs,
 }
@@ -268,11 +278,13 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         rate: args.rate,
         duration: args.duration,
         warmup: args.warmup,
+        idle: args.idle,
         window: args
             .window
             .unwrap_or_else(|| BenchConfig::default_window(args.size)),
         progress: !args.json && std::io::stderr().is_terminal(),
         access,
+        sources: args.sources,
     };
     let report = mob::bench::run(config)?;
     let mut stdout = std::io::stdout().lock();

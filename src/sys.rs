@@ -48,3 +48,30 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+/// Sets `IP_BIND_ADDRESS_NO_PORT` on a socket about to be bound to a source address before it
+/// connects, so that `bind` takes the address only and `connect` picks the port.
+///
+/// # Notes
+/// Without it, `bind(IP:0)` reserves an ephemeral port for that address alone, whatever the
+/// destination, and skips ports still held in `TIME_WAIT`: one source address then holds about
+/// `ip_local_port_range` connections in all. With it, `connect` chooses as it does for an
+/// unbound socket: a port is free when the whole four-tuple is, so each destination has the
+/// range to itself, and (with `net.ipv4.tcp_tw_reuse`) ports in `TIME_WAIT` may be reused.
+pub fn set_bind_address_no_port(socket: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a pointer to a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Instant;
 
 use serde_json::Value;
 use util::{mob, Output, Server};
@@ -130,6 +131,127 @@ fn bench_finds_no_loss_against_mob_with_a_token_over_tcp_and_websocket() {
         let (ok, _) = bench_result(server.addr, &format!("mob-{protocol}"));
         assert!(!ok, "a bench without the token ran");
     }
+}
+
+#[test]
+fn bench_spreads_its_connections_over_the_source_addresses_given() {
+    // The server logs every connect with its peer at debug.
+    let mut cmd = mob();
+    cmd.env("RUST_LOG", "mob=debug");
+    let server = Server::start_with(cmd, &["--no-echo-self"]);
+    let extra = [
+        "--source",
+        "127.0.0.1,127.0.0.2",
+        "--publishers",
+        "2",
+        "--rate",
+        "1000",
+    ];
+    let (ok, report) = bench(server.addr, "mob-line", &extra);
+    assert_clean(ok, &report);
+    assert_eq!(
+        report["sources"],
+        serde_json::json!(["127.0.0.1", "127.0.0.2"])
+    );
+    // 20 subscribers and 2 publishers take the two addresses in turn: 11 connections each.
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let from = format!("connected peer={ip}:");
+        let deadline = Instant::now() + util::DEADLINE;
+        while server.log.count(&from) < 11 && Instant::now() < deadline {
+            util::poll_tick();
+        }
+        assert_eq!(server.log.count(&from), 11, "{}", server.log.text());
+    }
+}
+
+#[test]
+fn bench_opens_thousands_of_connections_in_one_go_from_repeated_sources() {
+    // Past what is connected at once (256) several times over, from two addresses given as
+    // two flags; every subscriber is synced and checked as with twenty.
+    let server = Server::start(&["--no-echo-self"]);
+    let out = mob()
+        .args(["bench", &server.addr.to_string(), "--json"])
+        .args(["--subscribers", "2000", "--rate", "100", "--duration", "1"])
+        .args([
+            "--warmup",
+            "0.2",
+            "--source",
+            "127.0.0.3",
+            "--source",
+            "127.0.0.4",
+        ])
+        .output()
+        .expect("run mob bench");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_clean(out.status.success(), &report);
+    assert_eq!(
+        report["sources"],
+        serde_json::json!(["127.0.0.3", "127.0.0.4"])
+    );
+    // The measured second's 100 messages were published, and every message of the run
+    // reached all 2,000 (nothing lost, and the deliveries a whole multiple of them).
+    assert_eq!(report["published"], 100, "{report}");
+    let total = report["delivered_total"].as_u64().unwrap();
+    assert!(total >= 200_000 && total % 2000 == 0, "{report}");
+    assert!(report["setup_s"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+#[test]
+fn bench_holds_every_connection_idle_before_publishing_when_asked() {
+    let server = Server::start(&["--no-echo-self"]);
+    let out = mob()
+        .args(["bench", &server.addr.to_string(), "--json", "--idle", "0.5"])
+        .args(["--subscribers", "20", "--rate", "1000", "--duration", "0.5"])
+        .output()
+        .expect("run mob bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Said when it begins, so a script can read the server's memory meanwhile.
+    assert!(
+        stderr.contains("21 connections set up in") && stderr.contains("idle for 500ms"),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_clean(out.status.success(), &report);
+}
+
+#[test]
+fn bench_refuses_a_source_address_it_cannot_use() {
+    let server = Server::start(&[]);
+    let run = |source: &str| {
+        let out = mob()
+            .args(["bench", &server.addr.to_string(), "--source", source])
+            .args(["--duration", "0.2", "--warmup", "0", "--subscribers", "2"])
+            .output()
+            .expect("run mob bench");
+        assert!(!out.status.success(), "{source}: the bench ran");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Not an address of this machine (TEST-NET-1), and not of the server's family.
+    let stderr = run("192.0.2.1");
+    assert!(
+        stderr.contains("--source 192.0.2.1: cannot bind to it") && stderr.contains("127.0.0.0/8"),
+        "{stderr}"
+    );
+    let stderr = run("::1");
+    assert!(stderr.contains("one is IPv4, the other IPv6"), "{stderr}");
+    // More connections from one address to one server than there can be ports: refused
+    // before any is opened, with the flag to add.
+    let out = mob()
+        .args(["bench", &server.addr.to_string(), "--subscribers", "70000"])
+        .output()
+        .expect("run mob bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("ip_local_port_range")
+            && stderr.contains("--source 127.0.0.1,127.0.0.2,127.0.0.3"),
+        "{stderr}"
+    );
 }
 
 /// Whether a bench run without extra flags succeeded (it may print no report).

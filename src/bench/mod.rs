@@ -15,17 +15,23 @@
 //! publisher before the clock starts, and for servers that promise one order to all (mob) the
 //! subscribers' orders are compared at the end ([`check::OrderDigest`]): the per-publisher
 //! check alone would pass a cluster whose nodes interleave publishers differently.
+//!
+//! Many connections: they are opened without blocking, at most [`CONNECTING_AT_ONCE`] being
+//! set up at a time (TCP connect, then TLS handshake and WebSocket upgrade), each sending its
+//! greeting as soon as it is connected; `--source` spreads them over several local addresses
+//! ([`sources`]), each with its own ephemeral ports.
 
 mod check;
 pub mod nodes;
 pub mod payload;
 mod report;
+pub mod sources;
 pub mod target;
 mod transport;
 mod ws;
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +41,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::client::{tls, Access};
 use crate::sys;
@@ -49,6 +56,12 @@ use transport::Transport;
 /// Longest wait for one connection: a server whose accept queue is full makes the kernel
 /// retry the handshake for minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections being set up at once (connecting, in their TLS handshake or waiting for
+/// the WebSocket upgrade's answer): far below a listen backlog (`net.core.somaxconn`, 4096 by
+/// default), so a burst of thousands of connects is not a storm of dropped SYNs retried a
+/// second later, and below the quarter of `--max-connections` that mob lets wait for a TLS
+/// handshake or a token before displacing them.
+const CONNECTING_AT_ONCE: usize = 256;
 /// Longest wait for every connection and subscription before the clock starts.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the sync message is sent again while subscribers have not seen it.
@@ -78,12 +91,18 @@ pub struct BenchConfig {
     pub rate: f64,
     pub duration: Duration,
     pub warmup: Duration,
+    /// Before the warm-up, every connection held open and quiet this long (`--idle`), so a
+    /// server's memory can be read with all of them connected and none sending.
+    pub idle: Duration,
     /// Closed loop: most messages a publisher may be ahead of its slowest subscriber.
     pub window: usize,
     /// Draw a progress bar on stderr.
     pub progress: bool,
     /// TLS and the token, for servers that want them.
     pub access: Access,
+    /// Local addresses to connect from, taken in turn ([`sources::of_connection`]); empty:
+    /// the kernel's choice.
+    pub sources: Vec<IpAddr>,
 }
 
 impl BenchConfig {
@@ -113,9 +132,13 @@ pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
     if config.addrs.is_empty() {
         bail!("need at least one address");
     }
-    if let Err(e) = sys::raise_open_files_limit() {
-        tracing::warn!("cannot raise the open-files limit: {e}");
-    }
+    let open_files = match sys::raise_open_files_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!("cannot raise the open-files limit: {e}");
+            None
+        }
+    };
     if config.access.token.is_some() && !config.target.takes_token() {
         bail!(
             "--token-file is mob's token; --target {} has no place for it",
@@ -130,13 +153,100 @@ pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
         let resolved = resolve(&endpoint.authority)?;
         endpoints.push((resolved, endpoint));
     }
-    let mut bench = Bench::connect(config, endpoints)?;
+    check_sources(&config, &endpoints)?;
+    let connections = config.subscribers + config.publishers;
+    if let Some(limit) = open_files.filter(|&l| (connections as u64) >= l) {
+        bail!(
+            "{connections} connections need as many open files, and this process may open \
+             {limit} (ulimit -n; raise the hard limit)"
+        );
+    }
+    let mut bench = Bench::new(config, endpoints)?;
+    let started = Instant::now();
     bench.set_up()?;
+    bench.setup_s = started.elapsed().as_secs_f64();
+    bench.idle()?;
     bench.measure()?;
     bench.drain()?;
     let report = bench.report();
     bench.hang_up();
     Ok(report)
+}
+
+/// Every source address must be of the servers' family, and no pair of a source and a server
+/// may need more connections than there are ephemeral ports (see [`sources`]).
+fn check_sources(config: &BenchConfig, endpoints: &[(SocketAddr, Endpoint)]) -> anyhow::Result<()> {
+    for &ip in &config.sources {
+        if let Some((server, _)) = endpoints
+            .iter()
+            .find(|(server, _)| !sources::same_family(ip, *server))
+        {
+            bail!("--source {ip} cannot reach {server}: one is IPv4, the other IPv6");
+        }
+    }
+    let Some(range) = sources::local_port_range() else {
+        return Ok(());
+    };
+    let ports = range.len();
+    let n = config.sources.len();
+    let pairs = roles(config)
+        .enumerate()
+        .map(|(k, role)| (sources::of_connection(k, n), node_of(role, endpoints.len())));
+    let Some(((source, node), count)) = sources::busiest_pair(pairs) else {
+        return Ok(());
+    };
+    if count > ports {
+        let server = endpoints[node].0;
+        let from = config
+            .sources
+            .get(source)
+            .map_or("the default address".to_string(), |ip| ip.to_string());
+        let need = (count * n.max(1)).div_ceil(ports);
+        bail!(
+            "{count} connections from {from} to {server} need more ephemeral ports than \
+             net.ipv4.ip_local_port_range holds ({ports}: {}-{}): {}",
+            range.start(),
+            range.end(),
+            sources::advice(server, n, need)
+        );
+    }
+    Ok(())
+}
+
+/// Every connection's role, in the order they are opened: subscribers, then publishers (so the
+/// last publisher, which sends the sync, comes after every subscriber).
+fn roles(config: &BenchConfig) -> impl Iterator<Item = Role> {
+    (0..config.subscribers)
+        .map(Role::Subscriber)
+        .chain((0..config.publishers).map(Role::Publisher))
+}
+
+/// The node (index into the addresses) a connection of `role` goes to.
+fn node_of(role: Role, nodes: usize) -> usize {
+    match role {
+        Role::Subscriber(s) => nodes::of_subscriber(s, nodes),
+        Role::Publisher(p) => nodes::of_publisher(p, nodes),
+    }
+}
+
+/// A nonblocking socket for a connection to `server`, bound to `source` if one is given; not
+/// connected yet ([`Bench::start_connect`]).
+fn new_socket(server: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(server),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(ip) = source {
+        // Best effort: without it, bind reserves a port per address (see the function).
+        if let Err(e) = sys::set_bind_address_no_port(&socket) {
+            tracing::debug!("IP_BIND_ADDRESS_NO_PORT: {e}");
+        }
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    Ok(TcpStream::from_std(socket.into()))
 }
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -153,9 +263,25 @@ enum Role {
     Publisher(usize),
 }
 
+/// Where a connection is in opening its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The socket is made (and bound to its source address); `connect` is not called yet.
+    Waiting,
+    /// `connect` was called then and has not finished.
+    Connecting(Instant),
+    /// TCP connected: it may write.
+    Connected,
+}
+
 /// One socket of the bench.
 struct Peer {
     socket: TcpStream,
+    stage: Stage,
+    /// The server it connects to (index into the addresses).
+    node: usize,
+    /// The address it connects from (index into `--source`), if any was given.
+    source: Option<usize>,
     /// Plain, or the connection's TLS state.
     transport: Transport,
     role: Role,
@@ -170,10 +296,10 @@ struct Peer {
 }
 
 impl Peer {
-    /// Upgraded and past any TLS handshake: what it sends now is sent at once, so it may be
-    /// timed.
+    /// Connected, upgraded and past any TLS handshake: what it sends now is sent at once, so
+    /// it may be timed.
     fn is_connected(&self) -> bool {
-        self.upgraded && !self.transport.is_handshaking()
+        self.stage == Stage::Connected && self.upgraded && !self.transport.is_handshaking()
     }
 }
 
@@ -204,6 +330,21 @@ struct Publisher {
     pending: Vec<u32>,
 }
 
+/// How far the connections' set-up has come ([`Bench::census`]).
+#[derive(Default)]
+struct Census {
+    /// `connect` called.
+    started: usize,
+    /// TCP connected.
+    tcp_connected: usize,
+    /// TCP connected and upgraded (WebSocket); all connected ones for other targets.
+    upgraded: usize,
+    /// Ready to be timed ([`Peer::is_connected`]).
+    connected: usize,
+    /// The `connect` under way that was started first: when, and which connection.
+    oldest_connecting: Option<(Instant, usize)>,
+}
+
 /// Counters for the measured interval.
 #[derive(Default)]
 struct Measured {
@@ -219,6 +360,10 @@ struct Bench {
     config: BenchConfig,
     /// The nodes, in the order given.
     addrs: Vec<SocketAddr>,
+    /// The next connection to start connecting (all of them are made in order).
+    next_connect: usize,
+    /// How long [`Bench::set_up`] took, in seconds.
+    setup_s: f64,
     /// Peer indexes of the publishers that send the sync, by rank.
     sync_senders: Vec<usize>,
     poll: Poll,
@@ -248,10 +393,9 @@ struct Bench {
 }
 
 impl Bench {
-    fn connect(
-        config: BenchConfig,
-        endpoints: Vec<(SocketAddr, Endpoint)>,
-    ) -> anyhow::Result<Bench> {
+    /// Makes every connection's socket, bound to its source address; [`Bench::set_up`]
+    /// connects them.
+    fn new(config: BenchConfig, endpoints: Vec<(SocketAddr, Endpoint)>) -> anyhow::Result<Bench> {
         let poll = Poll::new()?;
         let mut peers = Vec::with_capacity(config.subscribers + config.publishers);
         let node_count = endpoints.len();
@@ -262,33 +406,24 @@ impl Bench {
                 None => None,
             });
         }
-        let roles = (0..config.subscribers)
-            .map(Role::Subscriber)
-            .chain((0..config.publishers).map(Role::Publisher));
-        for role in roles {
-            let node = match role {
-                Role::Subscriber(s) => nodes::of_subscriber(s, node_count),
-                Role::Publisher(p) => nodes::of_publisher(p, node_count),
-            };
-            let (addr, at) = (&endpoints[node].0, &endpoints[node].1);
-            let server_name = &server_names[node];
-            let std = std::net::TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
-                .with_context(|| {
-                    format!(
-                        "cannot connect to {addr} ({role:?}, after {} connections): is the server running and accepting?",
-                        peers.len()
-                    )
-                })?;
-            std.set_nodelay(true)?;
-            std.set_nonblocking(true)?;
-            let mut socket = TcpStream::from_std(std);
-            let token = Token(peers.len());
-            poll.registry().register(
-                &mut socket,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            let transport = match (&config.access.tls, server_name) {
+        let n_sources = config.sources.len();
+        for (k, role) in roles(&config).enumerate() {
+            let node = node_of(role, node_count);
+            let source = (n_sources > 0).then(|| sources::of_connection(k, n_sources));
+            let (addr, at) = (endpoints[node].0, &endpoints[node].1);
+            let source_ip = source.map(|s| config.sources[s]);
+            let socket = new_socket(addr, source_ip).map_err(|e| {
+                let what = match source_ip {
+                    Some(ip) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => format!(
+                        "--source {ip}: cannot bind to it: is it an address of this machine? \
+                         (on Linux, every address of 127.0.0.0/8 is)"
+                    ),
+                    Some(ip) => format!("cannot bind connection {} to --source {ip}", k + 1),
+                    None => format!("cannot make socket {}", k + 1),
+                };
+                anyhow::Error::new(e).context(what)
+            })?;
+            let transport = match (&config.access.tls, &server_names[node]) {
                 (Some(tls), Some(name)) => Transport::Tls(Box::new(
                     rustls::ClientConnection::new(Arc::clone(tls), name.clone())
                         .context("TLS setup")?,
@@ -302,6 +437,9 @@ impl Bench {
             }
             peers.push(Peer {
                 socket,
+                stage: Stage::Waiting,
+                node,
+                source,
                 transport,
                 role,
                 tail: BytesMut::new(),
@@ -336,6 +474,8 @@ impl Bench {
             live_subs: config.subscribers as u32,
             config,
             addrs: endpoints.iter().map(|(addr, _)| *addr).collect(),
+            next_connect: 0,
+            setup_s: 0.0,
             sync_senders,
             poll,
             peers,
@@ -360,20 +500,47 @@ impl Bench {
     /// subscriber must receive. With several addresses, every target syncs, from the last
     /// publisher of each node ([`nodes::sync_senders`]), after the subscriptions are confirmed.
     ///
+    /// Connections are opened in order, at most [`CONNECTING_AT_ONCE`] being set up at a
+    /// time; each sends its greeting (the token, the upgrade request, the TLS hello) as soon as
+    /// it is connected.
+    ///
     /// # Notes
     /// A WebSocket server's `101` alone does not prove the connection already receives what
     /// others send (a server may register it afterwards), so WebSocket targets sync too.
     fn set_up(&mut self) -> anyhow::Result<()> {
-        for i in 0..self.peers.len() {
-            self.write(i);
-        }
         let mut synced_at: Option<Instant> = None;
         let deadline = Instant::now() + SETUP_TIMEOUT;
         let mut events = Events::with_capacity(4096);
+        let progress = self.spinner();
+        let mut last_tick = Instant::now();
         loop {
-            let upgraded = self.peers.iter().filter(|p| p.upgraded).count();
+            let census = self.census();
+            let mut setting_up = census.started - census.connected;
+            while self.next_connect < self.peers.len() && setting_up < CONNECTING_AT_ONCE {
+                self.start_connect(self.next_connect)?;
+                self.next_connect += 1;
+                setting_up += 1;
+            }
+            if let Some((since, i)) = census.oldest_connecting {
+                if since.elapsed() >= CONNECT_TIMEOUT {
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {CONNECT_TIMEOUT:?}"),
+                    );
+                    return Err(self.connect_error(i, e));
+                }
+            }
+            if last_tick.elapsed() >= Duration::from_millis(200) {
+                progress.set_message(format!(
+                    "{} of {} connections set up",
+                    census.connected,
+                    self.peers.len()
+                ));
+                progress.tick();
+                last_tick = Instant::now();
+            }
+            let (upgraded, connected) = (census.upgraded, census.connected);
             let all_upgraded = upgraded == self.peers.len();
-            let connected = self.peers.iter().filter(|p| p.is_connected()).count();
             let all_connected = connected == self.peers.len();
             // Again now and then: a server registers a TLS or token connection only once its
             // handshake or token is through, and those finish in no particular order, so the
@@ -398,6 +565,7 @@ impl Bench {
             }
             let ready = self.subs.iter().filter(|s| s.is_ready()).count();
             if all_connected && ready == self.subs.len() {
+                progress.finish_and_clear();
                 return Ok(());
             }
             if self.disconnects > 0 {
@@ -408,6 +576,13 @@ impl Bench {
                 );
             }
             let now = Instant::now();
+            if now >= deadline && census.tcp_connected < self.peers.len() {
+                bail!(
+                    "only {} of {} connections were established within {SETUP_TIMEOUT:?}",
+                    census.tcp_connected,
+                    self.peers.len(),
+                );
+            }
             if now >= deadline && !all_upgraded {
                 bail!(
                     "only {upgraded} of {} connections were upgraded to WebSocket within \
@@ -433,10 +608,141 @@ impl Bench {
             }
             let wait = if synced_at.is_some() {
                 SYNC_AGAIN
+            } else if census.oldest_connecting.is_some() {
+                // Often enough to notice a connection that takes too long.
+                Duration::from_millis(100)
             } else {
                 deadline - now
             };
             self.poll_once(&mut events, Some(wait.min(deadline - now)))?;
+        }
+    }
+
+    /// Where the connections are in their set-up.
+    fn census(&self) -> Census {
+        let mut census = Census::default();
+        for (i, peer) in self.peers.iter().enumerate() {
+            census.upgraded += usize::from(peer.upgraded && peer.stage == Stage::Connected);
+            census.connected += usize::from(peer.is_connected());
+            match peer.stage {
+                Stage::Waiting => continue,
+                Stage::Connecting(since) => {
+                    if census
+                        .oldest_connecting
+                        .map_or(true, |(oldest, _)| since < oldest)
+                    {
+                        census.oldest_connecting = Some((since, i));
+                    }
+                }
+                Stage::Connected => census.tcp_connected += 1,
+            }
+            census.started += 1;
+        }
+        census
+    }
+
+    /// Starts connection `i`'s `connect`; its writable edge says when it is through
+    /// ([`Bench::finish_connect`]). A failure ends the run: it is the machine's or the
+    /// command's (no local port left, no server there), not something to measure.
+    fn start_connect(&mut self, i: usize) -> anyhow::Result<()> {
+        let server = self.addrs[self.peers[i].node];
+        let peer = &mut self.peers[i];
+        match SockRef::from(&peer.socket).connect(&server.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(self.connect_error(i, e)),
+        }
+        // Registered once connecting: an unconnected socket reports a hang-up at once.
+        self.poll.registry().register(
+            &mut peer.socket,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        peer.stage = Stage::Connecting(Instant::now());
+        Ok(())
+    }
+
+    /// Connection `i` had an event while connecting: `Ok(true)` once it is connected (its
+    /// greeting then goes), `Ok(false)` while the connect is still under way.
+    fn finish_connect(&mut self, i: usize) -> anyhow::Result<bool> {
+        let socket = &self.peers[i].socket;
+        let failed = match socket.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match socket.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = failed {
+            return Err(self.connect_error(i, e));
+        }
+        self.peers[i].stage = Stage::Connected;
+        self.write(i);
+        Ok(true)
+    }
+
+    /// The error that ends a run whose connection `i` could not connect: where from and to,
+    /// and for a lack of local ports, what to do.
+    fn connect_error(&self, i: usize, e: io::Error) -> anyhow::Error {
+        let peer = &self.peers[i];
+        let server = self.addrs[peer.node];
+        let from = match peer.source {
+            Some(s) => format!(" from {}", self.config.sources[s]),
+            None => String::new(),
+        };
+        let connected = self
+            .peers
+            .iter()
+            .filter(|p| p.stage == Stage::Connected)
+            .count();
+        let what = format!(
+            "cannot connect to {server}{from} ({:?}, {connected} connections open)",
+            peer.role
+        );
+        let hint = if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            let n = self.config.sources.len();
+            format!(
+                "no local port left (ports of closed connections wait a minute in TIME_WAIT): {}",
+                sources::advice(server, n, n.max(1) + 1)
+            )
+        } else {
+            "is the server running and accepting?".to_string()
+        };
+        anyhow::Error::new(e).context(format!("{what}: {hint}"))
+    }
+
+    /// A spinner for the set-up, when a progress bar is wanted.
+    fn spinner(&self) -> ProgressBar {
+        if !self.config.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+        bar
+    }
+
+    /// `--idle`: every connection stays open and nothing is sent, for that long. It is said on
+    /// stderr when it begins (for a script to read the server's memory meanwhile); a
+    /// connection closed meanwhile counts as a disconnect.
+    fn idle(&mut self) -> anyhow::Result<()> {
+        let idle = self.config.idle;
+        if idle.is_zero() {
+            return Ok(());
+        }
+        tracing::info!(
+            "{} connections set up in {:.2} s; idle for {idle:?}",
+            self.peers.len(),
+            self.setup_s
+        );
+        let until = Instant::now() + idle;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            self.poll_once(&mut events, Some(until - now))?;
         }
     }
 
@@ -547,12 +853,14 @@ impl Bench {
         Report {
             target: self.config.target.to_string(),
             addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
+            sources: self.config.sources.iter().map(|a| a.to_string()).collect(),
             publishers: self.config.publishers,
             subscribers: self.config.subscribers,
             size: self.config.size,
             rate: self.config.rate,
             window: self.config.window,
             duration: self.config.duration.as_secs_f64(),
+            setup_s: self.setup_s,
             published: self.measured.published,
             delivered: self.measured.delivered,
             delivered_total: self.measured.delivered_total,
@@ -605,6 +913,9 @@ impl Bench {
         for event in events.iter() {
             let i = event.token().0;
             if !self.peers[i].open {
+                continue;
+            }
+            if matches!(self.peers[i].stage, Stage::Connecting(_)) && !self.finish_connect(i)? {
                 continue;
             }
             if event.is_writable() {
@@ -696,9 +1007,12 @@ impl Bench {
         }
     }
 
-    /// Writes what is pending for peer `i` until done or `WouldBlock`.
+    /// Writes what is pending for peer `i` until done or `WouldBlock` (once it is connected).
     fn write(&mut self, i: usize) {
         let peer = &mut self.peers[i];
+        if peer.stage != Stage::Connected {
+            return;
+        }
         if let Err(e) = peer.transport.write(&mut peer.socket, &mut peer.out) {
             self.fault(i, e);
         }

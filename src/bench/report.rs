@@ -10,6 +10,8 @@ pub struct Report {
     pub target: String,
     /// The addresses loaded (resolved), in the order given: one, or a cluster's nodes.
     pub addrs: Vec<String>,
+    /// The local addresses connected from (`--source`); empty when the kernel chose.
+    pub sources: Vec<String>,
     pub publishers: usize,
     pub subscribers: usize,
     pub size: usize,
@@ -18,6 +20,9 @@ pub struct Report {
     pub window: usize,
     /// Seconds measured (after warm-up).
     pub duration: f64,
+    /// Seconds from the first connect until the clock started: every connection open (and
+    /// past its handshake or upgrade) and every subscriber synced.
+    pub setup_s: f64,
     /// Messages published during the measured seconds.
     pub published: u64,
     /// Deliveries (one message to one subscriber) received during the measured seconds.
@@ -68,12 +73,14 @@ impl Report {
             "target": self.target,
             "addr": self.addrs.join(","),
             "addrs": self.addrs,
+            "sources": self.sources,
             "publishers": self.publishers,
             "subscribers": self.subscribers,
             "size": self.size,
             "rate": self.rate,
             "window": self.window,
             "duration_s": self.duration,
+            "setup_s": self.setup_s,
             "published": self.published,
             "delivered": self.delivered,
             "delivered_total": self.delivered_total,
@@ -103,15 +110,26 @@ impl fmt::Display for Report {
         } else {
             format!("closed loop, window {}", self.window)
         };
+        let from = if self.sources.is_empty() {
+            String::new()
+        } else {
+            format!(" from {}", self.sources.join(", "))
+        };
         writeln!(
             f,
-            "{} at {}: {} publishers, {} subscribers, {} B payloads, {mode}, {:.1} s measured",
+            "{} at {}{from}: {} publishers, {} subscribers, {} B payloads, {mode}, {:.1} s measured",
             self.target,
             self.addrs.join(" + "),
             self.publishers,
             self.subscribers,
             self.size,
             self.duration
+        )?;
+        writeln!(
+            f,
+            "set up     {:>14} connections in {:.2} s",
+            self.subscribers + self.publishers,
+            self.setup_s
         )?;
         writeln!(f, "published  {:>14.0} msg/s", self.published_per_sec())?;
         writeln!(
