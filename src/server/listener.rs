@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use mio::net::TcpListener;
 use socket2::{Domain, Socket, Type};
 
-/// Pending connections the kernel may hold for us (capped by `net.core.somaxconn`). Large, so
-/// that a burst of thousands of clients connecting at once is not refused.
-const BACKLOG: i32 = 4096;
+/// Pending connections the kernel may hold for us: as many as it allows. Linux (and the BSDs)
+/// cut a larger backlog down to `net.core.somaxconn` (`kern.ipc.somaxconn`) without an error,
+/// so an operator expecting bursts of thousands of connects raises that one setting.
+const BACKLOG: i32 = i32::MAX;
 
 /// Binds a non-blocking listener with `SO_REUSEADDR`, so a restarted server can bind the port
 /// while connections of its previous run linger in `TIME_WAIT`.
