@@ -96,6 +96,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 slab_bytes() {
   awk '$1 ~ /^(TCP|sock_inode_cache|filp|eventpoll_epi)$/ {b += $2 * $4} END {print b}' /proc/slabinfo 2>/dev/null || echo 0
 }
+[ -r /proc/slabinfo ] || echo "scale: /proc/slabinfo is not readable (it takes root): the kernel's bytes per socket will read 0" >&2
 tcp_mem_pages() { awk '$1 == "TCP:" {for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }
 now() { date +%s.%N; }
 
@@ -126,7 +127,8 @@ one_run() {  # case round
   sleep 0.5
   local before slab_before tcp_before
   before=$(rss_kib "$spid"); slab_before=$(slab_bytes); tcp_before=$(tcp_mem_pages)
-  local bench_cmd=(taskset -c 1 "$mob" bench "$addr" "${bench_args[@]}" --subscribers "$clients"
+  # RUST_LOG=info whatever the caller's: the bench's "idle for" line marks the idle phase.
+  local bench_cmd=(env RUST_LOG=info taskset -c 1 "$mob" bench "$addr" "${bench_args[@]}" --subscribers "$clients"
     --publishers 1 --size 64 --rate "$rate" --idle "$idle" --warmup "$warmup"
     --duration "$duration" --source 127.0.0.1,127.0.0.2 --json)
   echo "$ ${bench_cmd[*]}" >"$dir/command"

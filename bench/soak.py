@@ -748,6 +748,9 @@ class Soak:
             fail(f"{self.name}: a churn client on {c.ep} was cut off by the server before it "
                  f"half-closed: {c.ended}")
         elif c.deadline is not None:
+            if getattr(c, "answer", None) is not None and not c.answer_seen:
+                fail(f"{self.name}: {c.what} on {c.ep}: closed ({c.ended}) without the answer "
+                     f"it is owed ({c.answer}); it got {bytes(c.raw[:60])!r}")
             self.count(f"{c.role} closed by the server")
         elif c.role == "slow":
             self.count("slow consumers cut")

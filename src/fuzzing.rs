@@ -389,6 +389,32 @@ pub fn config_file(data: &[u8]) {
         .map(|v| v.as_array().map_or(1, Vec::len))
         .sum();
     assert_eq!(flags.len(), expected, "not one flag per value");
+    // Each flag carries its value as the file wrote it: worked out here from the table, apart
+    // from `flags`, so a value changed on the way (a number off by one, a string trimmed) fails.
+    let written: Vec<String> = table
+        .iter()
+        .flat_map(|(key, value)| {
+            let items: Vec<&toml::Value> = match value {
+                toml::Value::Array(items) => items.iter().collect(),
+                one => vec![one],
+            };
+            items.into_iter().map(move |item| {
+                let text = match item {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => panic!("{key} = {other:?} was taken as a flag's value"),
+                };
+                format!("--{key}={text}")
+            })
+        })
+        .collect();
+    let given: Vec<&str> = flags
+        .iter()
+        .map(|f| f.to_str().expect("a flag from text is text"))
+        .collect();
+    assert_eq!(given, written, "the flags do not carry the file's values");
     let serve = cli::serve_command();
     // Each key's values, in the order of the flags.
     let mut values: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
