@@ -389,32 +389,42 @@ pub fn config_file(data: &[u8]) {
         .map(|v| v.as_array().map_or(1, Vec::len))
         .sum();
     assert_eq!(flags.len(), expected, "not one flag per value");
-    // Each flag carries its value as the file wrote it: worked out here from the table, apart
-    // from `flags`, so a value changed on the way (a number off by one, a string trimmed) fails.
-    let written: Vec<String> = table
-        .iter()
-        .flat_map(|(key, value)| {
-            let items: Vec<&toml::Value> = match value {
-                toml::Value::Array(items) => items.iter().collect(),
-                one => vec![one],
-            };
-            items.into_iter().map(move |item| {
-                let text = match item {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(n) => n.to_string(),
-                    toml::Value::Float(f) => f.to_string(),
-                    toml::Value::Boolean(b) => b.to_string(),
-                    other => panic!("{key} = {other:?} was taken as a flag's value"),
-                };
-                format!("--{key}={text}")
-            })
-        })
-        .collect();
-    let given: Vec<&str> = flags
-        .iter()
-        .map(|f| f.to_str().expect("a flag from text is text"))
-        .collect();
-    assert_eq!(given, written, "the flags do not carry the file's values");
+    // Each flag carries the file's value, in the file's order: read back and compared with the
+    // TOML table on its own terms (a number as a number, so `0x10` may be written `16`), so a
+    // value changed on the way (off by one, trimmed) fails, as does a fraction given to a flag
+    // that is no number of seconds.
+    let serve_cmd = cli::serve_command();
+    let items = table.iter().flat_map(|(key, value)| {
+        let items: Vec<&toml::Value> = match value {
+            toml::Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        items.into_iter().map(move |item| (key, item))
+    });
+    for (flag, (key, item)) in flags.iter().zip(items) {
+        let flag = flag.to_str().expect("a flag from text is text");
+        let text = flag
+            .strip_prefix(&format!("--{key}="))
+            .unwrap_or_else(|| panic!("{flag:?} is not --{key}=..."));
+        let same = match item {
+            toml::Value::String(s) => text == s,
+            toml::Value::Integer(n) => text.parse::<i64>() == Ok(*n),
+            toml::Value::Boolean(b) => text.parse::<bool>() == Ok(*b),
+            toml::Value::Float(f) => {
+                let secs = serve_arg(&serve_cmd, key)
+                    .get_value_names()
+                    .is_some_and(|n| n == ["SECS"]);
+                assert!(
+                    secs,
+                    "{key} = {f} taken by a flag that is no number of seconds"
+                );
+                text.parse::<f64>()
+                    .is_ok_and(|g| g.to_bits() == f.to_bits() || g.is_nan() && f.is_nan())
+            }
+            other => panic!("{key} = {other:?} was taken as a flag's value"),
+        };
+        assert!(same, "{key} = {item:?} became {flag:?}");
+    }
     let serve = cli::serve_command();
     // Each key's values, in the order of the flags.
     let mut values: BTreeMap<&str, Vec<&str>> = BTreeMap::new();

@@ -19,7 +19,7 @@
 //! Many connections: they are opened without blocking, at most [`CONNECTING_AT_ONCE`] being
 //! set up at a time (TCP connect, then TLS handshake and WebSocket upgrade), each sending its
 //! greeting as soon as it is connected; `--source` spreads them over several local addresses
-//! ([`sources`]), each with its own ephemeral ports.
+//! (`sources.rs`), each with its own ephemeral ports.
 
 mod check;
 pub mod nodes;
@@ -61,7 +61,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// queue: a plain TCP connection counts as set up once the kernel has completed its handshake,
 /// whether or not the server has accepted it yet, so a server that accepts more slowly than
 /// this bench connects can still see its listen queue overflow (its SYNs are dropped and
-/// retried a second later; none fails). For TLS and token clients it keeps the burst under
+/// retried a second later; none fails). For TLS clients it keeps the burst under
 /// the quarter of the default `--max-connections` that mob lets wait for a handshake or a
 /// token before displacing the longest waiting.
 const CONNECTING_AT_ONCE: usize = 256;
@@ -103,7 +103,7 @@ pub struct BenchConfig {
     pub progress: bool,
     /// TLS and the token, for servers that want them.
     pub access: Access,
-    /// Local addresses to connect from, taken in turn ([`sources::of_connection`]); empty:
+    /// Local addresses to connect from, taken in turn (round-robin); empty:
     /// the kernel's choice.
     pub sources: Vec<IpAddr>,
 }
@@ -159,12 +159,13 @@ pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
     check_sources(&config, &endpoints)?;
     let connections = config.subscribers + config.publishers;
     // Besides its connections the bench holds a few descriptors of its own (stdio, the
-    // poller, its waker, files opened while it starts).
+    // poller, files opened while it starts).
     const OWN_FILES: u64 = 16;
     if let Some(limit) = open_files.filter(|&l| connections as u64 + OWN_FILES > l) {
         bail!(
-            "{connections} connections need as many open files, and this process may open \
-             {limit} (ulimit -n; raise the hard limit)"
+            "{connections} connections and {OWN_FILES} files of the bench's own need {} open \
+             files, and this process may open {limit} (ulimit -n; raise the hard limit)",
+            connections as u64 + OWN_FILES
         );
     }
     let mut bench = Bench::new(config, endpoints)?;
@@ -180,7 +181,7 @@ pub fn run(config: BenchConfig) -> anyhow::Result<Report> {
 }
 
 /// Every source address must be of the servers' family, and no pair of a source and a server
-/// may need more connections than there are ephemeral ports (see [`sources`]).
+/// may need more connections than there are ephemeral ports (see `sources.rs`).
 fn check_sources(config: &BenchConfig, endpoints: &[(SocketAddr, Endpoint)]) -> anyhow::Result<()> {
     // The same address twice would be counted as two, each with its own ports: it has one set.
     for (k, ip) in config.sources.iter().enumerate() {
