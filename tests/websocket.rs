@@ -296,6 +296,46 @@ fn an_upgrade_from_another_origin_gets_403_unless_allowed() {
 }
 
 #[test]
+fn allowed_origins_from_a_config_file_and_the_command_line_both_apply() {
+    let dir = std::env::temp_dir().join(format!("mob-ws-origins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("origins.toml");
+    std::fs::write(
+        &file,
+        "allowed-origin = [\"https://file.example\", \"https://file2.example\"]\n",
+    )
+    .unwrap();
+    let (_server, http) = start(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--allowed-origin",
+        "https://cli.example",
+    ]);
+    for (origin, status) in [
+        ("https://file.example", "101"),
+        ("https://file2.example", "101"),
+        ("https://cli.example", "101"),
+        ("https://neither.example", "403"),
+    ] {
+        let mut raw = RawHttp::connect(http);
+        raw.send(
+            UPGRADE
+                .replace(
+                    "Host: 127.0.0.1\r\n",
+                    &format!("Host: 127.0.0.1\r\nOrigin: {origin}\r\n"),
+                )
+                .as_bytes(),
+        );
+        let head = raw.read_head();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{origin}: {head}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn an_oversized_request_head_gets_400_and_is_closed() {
     let (server, http) = start(&[]);
     let mut raw = RawHttp::connect(http);
