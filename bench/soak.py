@@ -1352,18 +1352,28 @@ def self_test():
         count = Soak.count
         counts = {}
 
-    for got, expect in [(b"", "without the answer"), (b"HTTP/1.1 4", "without the answer"),
-                        (b"HTTP/1.1 400 Bad Request\r\n", None)]:
+    up = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+    relayed = b"\x81\x05hello"  # a broadcast message before the close frame
+    for answer, got, expect in [
+        (400, b"", "without the answer"),
+        (400, b"HTTP/1.1 4", "without the answer"),
+        (400, b"HTTP/1.1 200 OK\r\n", "expected 400"),
+        (400, b"HTTP/1.1 400 Bad Request\r\n", None),
+        (1002, up + relayed + b"\x88\x02\x03\xea", None),
+        (1002, up + relayed + b"\x88\x02\x03\xe8", "close code 1000"),
+        (1007, up + b"\x88\x02\x03", "without the answer"),
+        (1009, up + relayed, "without the answer"),
+    ]:
         c = type("C", (), {})()
         c.closed, c.role, c.deadline, c.ended, c.ep = False, "garbage", 1.0, "eof", "ws@x"
-        c.what, c.answer, c.answer_seen, c.raw = "a request that is not HTTP", 400, False, bytearray(got)
+        c.what, c.answer, c.answer_seen, c.raw = "a bad frame", answer, False, bytearray(got)
         if got:
             Soak.check_answer(Quiet(), c)
         Soak.on_server_end(Quiet(), c)
         found = failures[saved:]
         del failures[saved:]
         if (expect is None) != (not found) or (expect and not any(expect in f for f in found)):
-            raise SystemExit(f"self-test: garbage client that got {got!r}: {found}")
+            raise SystemExit(f"self-test: garbage client owed {answer} that got {got!r}: {found}")
     g = Group("self-test")
     g.ends = {b"E:1"}
     late = Checker("late", g)

@@ -389,9 +389,9 @@ pub fn config_file(data: &[u8]) {
         .map(|v| v.as_array().map_or(1, Vec::len))
         .sum();
     assert_eq!(flags.len(), expected, "not one flag per value");
-    // Each flag carries the file's value, in the file's order: read back and compared with the
-    // TOML table on its own terms (a number as a number, so `0x10` may be written `16`), so a
-    // value changed on the way (off by one, trimmed) fails, as does a fraction given to a flag
+    // Each flag carries the file's value (in the table's key order; a list's items in the
+    // file's order), written as TOML reads it (`0x10` is the integer 16, so `16`): a value
+    // changed on the way (off by one, trimmed, `+16`) fails, as does a fraction given to a flag
     // that is no number of seconds.
     let serve_cmd = cli::serve_command();
     let items = table.iter().flat_map(|(key, value)| {
@@ -408,8 +408,8 @@ pub fn config_file(data: &[u8]) {
             .unwrap_or_else(|| panic!("{flag:?} is not --{key}=..."));
         let same = match item {
             toml::Value::String(s) => text == s,
-            toml::Value::Integer(n) => text.parse::<i64>() == Ok(*n),
-            toml::Value::Boolean(b) => text.parse::<bool>() == Ok(*b),
+            toml::Value::Integer(n) => text == n.to_string(),
+            toml::Value::Boolean(b) => text == b.to_string(),
             toml::Value::Float(f) => {
                 let secs = serve_arg(&serve_cmd, key)
                     .get_value_names()
@@ -418,8 +418,7 @@ pub fn config_file(data: &[u8]) {
                     secs,
                     "{key} = {f} taken by a flag that is no number of seconds"
                 );
-                text.parse::<f64>()
-                    .is_ok_and(|g| g.to_bits() == f.to_bits() || g.is_nan() && f.is_nan())
+                text == f.to_string()
             }
             other => panic!("{key} = {other:?} was taken as a flag's value"),
         };
