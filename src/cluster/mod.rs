@@ -440,10 +440,12 @@ impl Faults {
     }
 }
 
-/// Whether a failed command means the connection is gone (then it is made again) rather
-/// than an answer from a Redis that is there (an error reply: the connection is kept).
-fn connection_lost(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
+/// After a failed command: drops the connection if it is gone (it is made again), keeps it
+/// if the failure was an answer from a Redis that is there (an error reply).
+fn forget_if_lost(con: &mut Option<redis::Connection>, e: &redis::RedisError) {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
+        *con = None;
+    }
 }
 
 /// A connection to Redis, made again with backoff until it works or shutdown begins.
@@ -544,9 +546,7 @@ fn publish(
                     break;
                 }
                 Err(e) => {
-                    if connection_lost(&e) {
-                        con = None;
-                    }
+                    forget_if_lost(&mut con, &e);
                     let why = format!("publishing to {url} failed: {e}");
                     if !faults.failed(&health.publisher, &why, board) {
                         return;
@@ -650,9 +650,7 @@ fn read(
                 v
             }
             Err(e) => {
-                if connection_lost(&e) {
-                    con = None;
-                }
+                forget_if_lost(&mut con, &e);
                 let why = format!("reading from {url} failed: {e} (resuming after {from})");
                 if !faults.failed(&health.reader, &why, board) {
                     return;
