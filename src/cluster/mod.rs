@@ -43,8 +43,11 @@ use crate::server::{Board, Entry, Order};
 /// Each entry is one publish of at most an eighth of the read budget (256 KiB with the
 /// default `--max-pending`), so Redis holds at most about 256 MiB for it by default.
 pub const STREAM_LENGTH: usize = 1_000;
-/// Entries one `XREAD` returns at most.
-const READ_COUNT: usize = 256;
+/// Entries one `XREAD` returns at most: the read budget at the largest a batch's entry gets
+/// (an eighth of it). Sizing it by the entries seen so far let a run of tiny ones ask for 256
+/// full ones at once, 32 times the budget. (An entry of one message over that, up to
+/// `--max-message`, can still pass the budget, by that message.)
+const READ_COUNT: usize = 8;
 /// How long one `XREAD` blocks: the reader looks at the shutdown flag this often.
 const READ_BLOCK: Duration = Duration::from_millis(200);
 /// How long the reader waits for a receiver's backlog to shrink below twice the read budget
@@ -587,10 +590,7 @@ fn read(
     let mut seen: HashMap<u64, u64> = HashMap::new();
     // Entries this node could not read (another --protocol, another version).
     let mut unreadable = 0u64;
-    // About how large entries are, to ask for no more than the read budget at once.
-    // (Pessimistic at first: as large as entries get.)
-    let mut typical = outbox.entry_cap();
-    let budget = outbox.entry_cap() * 8;
+
     while !board.shutting_down() {
         if con.is_none() {
             let Some(mut c) = connect(&client, url, board, &health.reader, &mut faults) else {
@@ -634,10 +634,9 @@ fn read(
             order.wait_for_room(Duration::from_millis(20));
         }
         let from = last.clone().unwrap_or_else(|| "0-0".into());
-        let count = (budget / typical.max(1)).clamp(1, READ_COUNT);
         let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(count)
+            .arg(READ_COUNT)
             .arg("BLOCK")
             .arg(READ_BLOCK.as_millis() as u64)
             .arg("STREAMS")
@@ -662,7 +661,6 @@ fn read(
         let any = !entries.is_empty();
         for (id, payload) in entries {
             last = Some(id);
-            typical = (typical * 7 + payload.len()) / 8;
             let decoded = match codec::decode(payload, me, protocol) {
                 Ok(d) => d,
                 Err(e) => {
