@@ -1177,8 +1177,6 @@ impl EventLoop {
     }
 }
 
-/// `now + after`, or a century from now when that overflows (a library caller may ask for
-/// `Duration::MAX`).
 /// A client's input ended (its end of stream, a WebSocket close or fault): it is owed up to
 /// where the order ends once its own last messages are in it: at once, but in a cluster once
 /// they came back from Redis (see `EventLoop::settle_ends`), and not later than the side
@@ -1205,6 +1203,8 @@ fn input_ended(
 /// `--max-connections` waiting) only once it has waited this long.
 const WAIT_BEFORE_DISPLACED: Duration = Duration::from_secs(1);
 
+/// `now + after`, or a century from now when that overflows (a library caller may ask for
+/// `Duration::MAX`).
 fn later(now: Instant, after: Duration) -> Instant {
     now.checked_add(after)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
